@@ -1,0 +1,1 @@
+//! Minimal reverse-mode autograd over ferrotune-tensor.
