@@ -21,6 +21,10 @@ pub enum UnaryOp {
     /// x * sigmoid(x)
     Silu,
     Relu,
+    /// 1 where x > 0, else 0 (the derivative of relu).
+    Step,
+    /// -1, 0 or 1 (the derivative of abs, 0 at 0 as in PyTorch).
+    Sign,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

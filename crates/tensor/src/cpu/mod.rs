@@ -153,6 +153,8 @@ fn unary_fn<T: Float>(op: UnaryOp) -> impl Fn(T) -> T + Sync {
         UnaryOp::Sigmoid => x.sigmoid(),
         UnaryOp::Silu => x * x.sigmoid(),
         UnaryOp::Relu => x.max(T::ZERO),
+        UnaryOp::Step => if x > T::ZERO { T::ONE } else { T::ZERO },
+        UnaryOp::Sign => if x > T::ZERO { T::ONE } else if x < T::ZERO { -T::ONE } else { T::ZERO },
     }
 }
 
