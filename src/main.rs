@@ -1,1 +1,46 @@
-fn main() {}
+//! `ferrotune`: the command line at the top of the stack (see docs/ARCHITECTURE.md).
+
+mod env;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ferrotune", version, about = "LLM fine-tuning and inference on ferrotune's own tensor engine")]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print version, build, CPU features, threads and CUDA availability.
+    Env,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: could not start {n} worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        Command::Env => env::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
