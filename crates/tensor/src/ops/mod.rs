@@ -40,3 +40,8 @@ pub(crate) use float_dispatch;
 pub(crate) fn to_input_dtype(t: Tensor, dtype: DType) -> Result<Tensor> {
     t.to_dtype(dtype)
 }
+
+pub mod attention;
+pub use attention::*;
+pub mod cross_entropy;
+pub use cross_entropy::*;
