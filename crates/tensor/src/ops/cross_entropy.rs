@@ -270,3 +270,291 @@ fn targets_vec(op: &'static str, targets: &Tensor, n: usize) -> Result<Vec<i64>>
     }
     targets.to_dtype(DType::I64)?.to_vec::<i64>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::kernels::cross_entropy::{cross_entropy_forward as forward_kernel, RowMajor};
+    use crate::Device;
+
+    const OP_TEST: &str = "test";
+
+    /// Plain per-row log-softmax in f64: (loss per row or None, softmax rows).
+    fn reference(logits: &[f64], vocab: usize, targets: &[i64]) -> (Vec<Option<f64>>, Vec<f64>) {
+        let mut losses = vec![];
+        let mut probs = vec![];
+        for (row, &y) in logits.chunks(vocab).zip(targets) {
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            losses.push((y != IGNORE_INDEX).then(|| lse - row[y as usize]));
+            probs.extend(row.iter().map(|x| (x - lse).exp()));
+        }
+        (losses, probs)
+    }
+
+    /// Every third row ignored, the rest spread over the vocab.
+    fn targets(n: usize, vocab: usize) -> Vec<i64> {
+        (0..n).map(|i| if i % 3 == 1 { IGNORE_INDEX } else { ((i * 7919) % vocab) as i64 }).collect()
+    }
+
+    fn expected_grad(probs: &[f64], vocab: usize, targets: &[i64], weight: f64) -> Vec<f64> {
+        let mut g: Vec<f64> = probs.to_vec();
+        for (r, row) in g.chunks_mut(vocab).enumerate() {
+            if targets[r] == IGNORE_INDEX {
+                row.fill(0.0);
+            } else {
+                row[targets[r] as usize] -= 1.0;
+                row.iter_mut().for_each(|x| *x *= weight);
+            }
+        }
+        g
+    }
+
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn cross_entropy_matches_log_softmax() {
+        // V = 5000 crosses the 4096-column online step; logits of scale 30 stress the running max.
+        for (n, vocab, scale) in [(7, 5000, 30.0), (12, 33, 1.0)] {
+            let logits = Tensor::randn(1, &[n, vocab], 0.0, scale, DType::F64).unwrap();
+            let y = targets(n, vocab);
+            let targets_t = Tensor::from_vec(y.clone(), &[n]).unwrap();
+            let (losses, probs) = reference(&logits.to_vec::<f64>().unwrap(), vocab, &y);
+            let valid: Vec<f64> = losses.iter().flatten().copied().collect();
+            let mean = valid.iter().sum::<f64>() / valid.len() as f64;
+            for (reduction, want, weight) in [(Reduction::Mean, mean, 0.5 / valid.len() as f64), (Reduction::Sum, valid.iter().sum(), 0.5)] {
+                let out = cross_entropy(&logits, &targets_t, IGNORE_INDEX, reduction).unwrap();
+                assert_eq!(out.n_valid, valid.len());
+                assert!((out.loss.to_scalar::<f64>().unwrap() - want).abs() < 1e-10 * want.abs().max(1.0));
+                let grad = cross_entropy_backward(&logits, &targets_t, &out.lse, IGNORE_INDEX, reduction, out.n_valid, 0.5).unwrap();
+                assert!(max_diff(&grad.to_vec::<f64>().unwrap(), &expected_grad(&probs, vocab, &y, weight)) < 1e-14);
+                // f32, and i32 targets.
+                let l32 = logits.to_dtype(DType::F32).unwrap();
+                let t32 = targets_t.to_dtype(DType::I32).unwrap();
+                let out32 = cross_entropy(&l32, &t32, IGNORE_INDEX, reduction).unwrap();
+                assert_eq!(out32.loss.dtype(), DType::F32);
+                assert!((out32.loss.to_vec_f64().unwrap()[0] - want).abs() < 1e-5 * want.abs().max(1.0));
+                let g32 = cross_entropy_backward(&l32, &t32, &out32.lse, IGNORE_INDEX, reduction, out32.n_valid, 0.5).unwrap();
+                assert!(max_diff(&g32.to_vec_f64().unwrap(), &expected_grad(&probs, vocab, &y, weight)) < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn online_steps_of_any_width_agree() {
+        let (n, vocab) = (5, 50);
+        let logits = Tensor::randn(2, &[n, vocab], 0.0, 20.0, DType::F64).unwrap().to_vec::<f64>().unwrap();
+        let y = targets(n, vocab);
+        let rows = RowMajor::new(&logits, 0, n, vocab, vocab).unwrap();
+        let (whole, sum_whole, _) = forward_kernel::<f64, f64>(rows, &y, IGNORE_INDEX, vocab).unwrap();
+        for step in [1, 7, 49] {
+            let (lse, sum, _) = forward_kernel::<f64, f64>(rows, &y, IGNORE_INDEX, step).unwrap();
+            assert!(max_diff(&lse, &whole) < 1e-12 && (sum - sum_whole).abs() < 1e-12, "step {step}");
+        }
+    }
+
+    #[test]
+    fn extreme_logits_stay_finite() {
+        // A -inf logit (a masked token), huge spreads, and a row that is -inf except its target.
+        let ninf = f32::NEG_INFINITY;
+        let logits = Tensor::from_vec(vec![1000.0f32, -1000.0, 0.0, ninf, ninf, ninf, 5.0, ninf, 0.0, 0.0, -3e4, 3e4], &[3, 4]).unwrap();
+        let y = Tensor::from_vec(vec![1i64, 2, 0], &[3]).unwrap();
+        let out = cross_entropy(&logits, &y, IGNORE_INDEX, Reduction::Sum).unwrap();
+        let loss = out.loss.to_scalar::<f32>().unwrap();
+        assert!((loss - (2000.0 + 0.0 + 3e4)).abs() < 1e-1, "{loss}");
+        let grad = cross_entropy_backward(&logits, &y, &out.lse, IGNORE_INDEX, Reduction::Sum, out.n_valid, 1.0).unwrap();
+        assert!(grad.to_vec::<f32>().unwrap().iter().all(|g| g.is_finite()));
+    }
+
+    #[test]
+    fn all_ignored_mean_is_zero_not_nan() {
+        let logits = Tensor::randn(3, &[4, 10], 0.0, 1.0, DType::F32).unwrap();
+        let y = Tensor::from_vec(vec![IGNORE_INDEX; 4], &[4]).unwrap();
+        let out = cross_entropy(&logits, &y, IGNORE_INDEX, Reduction::Mean).unwrap();
+        assert_eq!((out.loss.to_scalar::<f32>().unwrap(), out.n_valid), (0.0, 0));
+        let grad = cross_entropy_backward(&logits, &y, &out.lse, IGNORE_INDEX, Reduction::Mean, 0, 1.0).unwrap();
+        assert!(grad.to_vec::<f32>().unwrap().iter().all(|&g| g == 0.0));
+        let hidden = Tensor::randn(4, &[4, 6], 0.0, 1.0, DType::F32).unwrap();
+        let weight = Tensor::randn(5, &[10, 6], 0.0, 1.0, DType::F32).unwrap();
+        let fused = linear_cross_entropy(&hidden, &weight, &y, IGNORE_INDEX, Reduction::Mean, true).unwrap();
+        assert_eq!((fused.loss.to_scalar::<f32>().unwrap(), fused.n_valid), (0.0, 0));
+        assert!(fused.grad_hidden.to_vec::<f32>().unwrap().iter().all(|&g| g == 0.0));
+        assert!(fused.grad_weight.unwrap().to_vec::<f32>().unwrap().iter().all(|&g| g == 0.0));
+    }
+
+    #[test]
+    fn bf16_logits_are_read_in_place_and_grads_come_back_bf16() {
+        let logits = Tensor::randn(6, &[9, 300], 0.0, 3.0, DType::BF16).unwrap();
+        let y = Tensor::from_vec(targets(9, 300), &[9]).unwrap();
+        let out = cross_entropy(&logits, &y, IGNORE_INDEX, Reduction::Mean).unwrap();
+        let wide = cross_entropy(&logits.to_dtype(DType::F64).unwrap(), &y, IGNORE_INDEX, Reduction::Mean).unwrap();
+        assert_eq!(out.loss.dtype(), DType::F32);
+        assert!((out.loss.to_vec_f64().unwrap()[0] - wide.loss.to_scalar::<f64>().unwrap()).abs() < 1e-5);
+        let grad = cross_entropy_backward(&logits, &y, &out.lse, IGNORE_INDEX, Reduction::Mean, out.n_valid, 1.0).unwrap();
+        assert_eq!(grad.dtype(), DType::BF16);
+        let wide_grad = cross_entropy_backward(&logits.to_dtype(DType::F64).unwrap(), &y, &wide.lse, IGNORE_INDEX, Reduction::Mean, 6, 1.0).unwrap();
+        // |grad| <= 1/6; one bf16 rounding is 2^-9 relative.
+        assert!(grad.max_abs_diff(&wide_grad).unwrap() < 1.0 / 6.0 / 256.0);
+    }
+
+    #[test]
+    fn strided_logits_need_no_copy_and_agree() {
+        let big = Tensor::randn(8, &[6, 40], 0.0, 2.0, DType::F32).unwrap();
+        let logits = big.narrow(1, 5, 30).unwrap();
+        assert!(!logits.is_contiguous());
+        let y = Tensor::from_vec(targets(6, 30), &[6]).unwrap();
+        let a = cross_entropy(&logits, &y, IGNORE_INDEX, Reduction::Mean).unwrap();
+        let b = cross_entropy(&logits.contiguous().unwrap(), &y, IGNORE_INDEX, Reduction::Mean).unwrap();
+        assert_eq!(a.loss.to_scalar::<f32>().unwrap(), b.loss.to_scalar::<f32>().unwrap());
+        let ga = cross_entropy_backward(&logits, &y, &a.lse, IGNORE_INDEX, Reduction::Mean, a.n_valid, 1.0).unwrap();
+        let gb = cross_entropy_backward(&logits.contiguous().unwrap(), &y, &b.lse, IGNORE_INDEX, Reduction::Mean, b.n_valid, 1.0).unwrap();
+        assert_eq!(ga.to_vec::<f32>().unwrap(), gb.to_vec::<f32>().unwrap());
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let logits = Tensor::zeros(&[3, 5], DType::F32, Device::Cpu).unwrap();
+        let t = |v: Vec<i64>| Tensor::from_vec(v, &[3]).unwrap();
+        // Out-of-range target (not the ignore index), negative target, wrong count, float targets, 3-D logits.
+        assert!(matches!(cross_entropy(&logits, &t(vec![0, 5, 1]), IGNORE_INDEX, Reduction::Mean), Err(Error::IndexOutOfRange { .. })));
+        assert!(cross_entropy(&logits, &t(vec![0, -1, 1]), IGNORE_INDEX, Reduction::Mean).is_err());
+        assert!(cross_entropy(&logits, &Tensor::from_vec(vec![0i64, 1], &[2]).unwrap(), IGNORE_INDEX, Reduction::Mean).is_err());
+        assert!(cross_entropy(&logits, &t(vec![0, 1, 2]).to_dtype(DType::F32).unwrap(), IGNORE_INDEX, Reduction::Mean).is_err());
+        assert!(cross_entropy(&logits.reshape(&[1, 3, 5]).unwrap(), &t(vec![0, 1, 2]), IGNORE_INDEX, Reduction::Mean).is_err());
+        assert!(cross_entropy(&logits.to_dtype(DType::I32).unwrap(), &t(vec![0, 1, 2]), IGNORE_INDEX, Reduction::Mean).is_err());
+        // A custom ignore index inside the vocab is honoured.
+        let out = cross_entropy(&logits, &t(vec![0, 4, 4]), 4, Reduction::Sum).unwrap();
+        assert_eq!(out.n_valid, 1);
+        // Backward: lse of the wrong length, bad target.
+        assert!(cross_entropy_backward(&logits, &t(vec![0, 1, 2]), &Tensor::zeros(&[2], DType::F32, Device::Cpu).unwrap(), IGNORE_INDEX, Reduction::Mean, 3, 1.0).is_err());
+        assert!(cross_entropy_backward(&logits, &t(vec![0, 9, 2]), &out.lse, IGNORE_INDEX, Reduction::Mean, 3, 1.0).is_err());
+        // Fused: shape and dtype mismatches, bad targets.
+        let h = Tensor::zeros(&[3, 4], DType::F32, Device::Cpu).unwrap();
+        let w = Tensor::zeros(&[5, 4], DType::F32, Device::Cpu).unwrap();
+        assert!(linear_cross_entropy(&h, &Tensor::zeros(&[5, 3], DType::F32, Device::Cpu).unwrap(), &t(vec![0, 1, 2]), IGNORE_INDEX, Reduction::Mean, true).is_err());
+        assert!(linear_cross_entropy(&h, &w.to_dtype(DType::F64).unwrap(), &t(vec![0, 1, 2]), IGNORE_INDEX, Reduction::Mean, true).is_err());
+        assert!(linear_cross_entropy(&h, &w, &t(vec![0, 1, 7]), IGNORE_INDEX, Reduction::Mean, true).is_err());
+        assert!(linear_cross_entropy(&h, &Tensor::zeros(&[0, 4], DType::F32, Device::Cpu).unwrap(), &t(vec![0, 1, 2]), IGNORE_INDEX, Reduction::Mean, true).is_err());
+    }
+
+    /// Unfused reference: logits = h W^T, then the plain formulas; returns (loss, grad_h, grad_w) in f64.
+    fn unfused(h: &[f64], w: &[f64], n: usize, hd: usize, vocab: usize, y: &[i64], reduction: Reduction) -> (f64, Vec<f64>, Vec<f64>) {
+        let logits: Vec<f64> =
+            (0..n).flat_map(|r| (0..vocab).map(move |v| (0..hd).map(|j| h[r * hd + j] * w[v * hd + j]).sum::<f64>())).collect();
+        let (losses, probs) = reference(&logits, vocab, y);
+        let valid = losses.iter().flatten().count();
+        let scale = if reduction == Reduction::Mean { 1.0 / valid as f64 } else { 1.0 };
+        let loss = losses.iter().flatten().sum::<f64>() * scale;
+        let g = expected_grad(&probs, vocab, y, scale);
+        let mut gh = vec![0.0; n * hd];
+        let mut gw = vec![0.0; vocab * hd];
+        for r in 0..n {
+            for v in 0..vocab {
+                for j in 0..hd {
+                    gh[r * hd + j] += g[r * vocab + v] * w[v * hd + j];
+                    gw[v * hd + j] += g[r * vocab + v] * h[r * hd + j];
+                }
+            }
+        }
+        (loss, gh, gw)
+    }
+
+    #[test]
+    fn fused_linear_cross_entropy_matches_unfused() {
+        let (n, hd, vocab) = (37, 12, 700);
+        let h = Tensor::randn(11, &[n, hd], 0.0, 1.0, DType::F64).unwrap();
+        let w = Tensor::randn(12, &[vocab, hd], 0.0, 0.5, DType::F64).unwrap();
+        let y = targets(n, vocab);
+        let yt = Tensor::from_vec(y.clone(), &[n]).unwrap();
+        let (hv, wv) = (h.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
+        for reduction in [Reduction::Mean, Reduction::Sum] {
+            let (loss, gh, gw) = unfused(&hv, &wv, n, hd, vocab, &y, reduction);
+            let out = linear_cross_entropy(&h, &w, &yt, IGNORE_INDEX, reduction, true).unwrap();
+            assert!((out.loss.to_scalar::<f64>().unwrap() - loss).abs() < 1e-12 * loss.abs());
+            assert!(max_diff(&out.grad_hidden.to_vec::<f64>().unwrap(), &gh) < 1e-14);
+            assert!(max_diff(&out.grad_weight.unwrap().to_vec::<f64>().unwrap(), &gw) < 1e-14);
+            // Small blocks and chunks (several row blocks, a ragged last chunk) through the kernel directly.
+            let blocks = LinearCrossEntropyBlocks { rows: 5, vocab_chunk: 64 };
+            let row_weight = if reduction == Reduction::Mean { 1.0 / out.n_valid as f64 } else { 1.0 };
+            let r = linear_cross_entropy_fused::<f64, f64>(
+                matrix(OP_TEST, &h).unwrap(), matrix(OP_TEST, &w).unwrap(), &y, IGNORE_INDEX, row_weight, true, blocks,
+            )
+            .unwrap();
+            assert!((r.loss_sum * row_weight - loss).abs() < 1e-12 * loss.abs());
+            assert!(max_diff(&r.grad_hidden, &gh) < 1e-14);
+            assert!(max_diff(&r.grad_weight.unwrap(), &gw) < 1e-14);
+        }
+        // f32, a transposed-view weight, and a frozen lm_head.
+        let (loss, gh, gw) = unfused(&hv, &wv, n, hd, vocab, &y, Reduction::Mean);
+        let w_t_view = w.to_dtype(DType::F32).unwrap().t().unwrap().contiguous().unwrap().t().unwrap();
+        assert!(!w_t_view.is_contiguous());
+        let out = linear_cross_entropy(&h.to_dtype(DType::F32).unwrap(), &w_t_view, &yt, IGNORE_INDEX, Reduction::Mean, true).unwrap();
+        assert!((out.loss.to_vec_f64().unwrap()[0] - loss).abs() < 1e-5 * loss);
+        assert!(max_diff(&out.grad_hidden.to_vec_f64().unwrap(), &gh) < 1e-6);
+        assert!(max_diff(&out.grad_weight.unwrap().to_vec_f64().unwrap(), &gw) < 1e-6);
+        let frozen = linear_cross_entropy(&h, &w, &yt, IGNORE_INDEX, Reduction::Mean, false).unwrap();
+        assert!(frozen.grad_weight.is_none());
+        assert!(max_diff(&frozen.grad_hidden.to_vec::<f64>().unwrap(), &gh) < 1e-14);
+    }
+
+    #[test]
+    fn fused_linear_cross_entropy_bf16_weight_is_read_in_place() {
+        let (n, hd, vocab) = (20, 16, 300);
+        let h = Tensor::randn(21, &[n, hd], 0.0, 1.0, DType::BF16).unwrap();
+        let w = Tensor::randn(22, &[vocab, hd], 0.0, 0.5, DType::BF16).unwrap();
+        let y = Tensor::from_vec(targets(n, vocab), &[n]).unwrap();
+        let out = linear_cross_entropy(&h, &w, &y, IGNORE_INDEX, Reduction::Mean, true).unwrap();
+        let up = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let want = linear_cross_entropy(&up(&h), &up(&w), &y, IGNORE_INDEX, Reduction::Mean, true).unwrap();
+        assert_eq!((out.loss.dtype(), out.grad_hidden.dtype()), (DType::F32, DType::BF16));
+        // Same bf16 inputs, f32 instead of f64 arithmetic: the loss agrees to f32 precision; gradients to one
+        // bf16 rounding of values below 0.5.
+        assert!((out.loss.to_vec_f64().unwrap()[0] - want.loss.to_scalar::<f64>().unwrap()).abs() < 1e-5);
+        assert!(out.grad_hidden.max_abs_diff(&want.grad_hidden).unwrap() < 2e-3);
+        assert!(out.grad_weight.unwrap().max_abs_diff(&want.grad_weight.unwrap()).unwrap() < 2e-3);
+    }
+
+    /// Central differences of the fused loss in f64 for hidden and weight.
+    #[test]
+    fn fused_gradients_match_finite_differences() {
+        let (n, hd, vocab) = (5, 3, 7);
+        let h = Tensor::randn(31, &[n, hd], 0.0, 1.0, DType::F64).unwrap();
+        let w = Tensor::randn(32, &[vocab, hd], 0.0, 1.0, DType::F64).unwrap();
+        let y = Tensor::from_vec(targets(n, vocab), &[n]).unwrap();
+        let out = linear_cross_entropy(&h, &w, &y, IGNORE_INDEX, Reduction::Mean, true).unwrap();
+        let loss = |h: &Tensor, w: &Tensor| {
+            linear_cross_entropy(h, w, &y, IGNORE_INDEX, Reduction::Mean, false).unwrap().loss.to_scalar::<f64>().unwrap()
+        };
+        let grads = [out.grad_hidden.to_vec::<f64>().unwrap(), out.grad_weight.unwrap().to_vec::<f64>().unwrap()];
+        for (which, base) in [&h, &w].into_iter().enumerate() {
+            let values = base.to_vec::<f64>().unwrap();
+            for i in 0..values.len() {
+                let shifted = |delta: f64| {
+                    let mut x = values.clone();
+                    x[i] += delta;
+                    let x = Tensor::from_vec(x, base.shape()).unwrap();
+                    if which == 0 { loss(&x, &w) } else { loss(&h, &x) }
+                };
+                let numeric = (shifted(1e-6) - shifted(-1e-6)) / 2e-6;
+                assert!((numeric - grads[which][i]).abs() < 1e-8, "input {which} [{i}]: {numeric} vs {}", grads[which][i]);
+            }
+        }
+        // The plain cross-entropy backward too.
+        let logits = Tensor::randn(33, &[n, vocab], 0.0, 2.0, DType::F64).unwrap();
+        let ce = cross_entropy(&logits, &y, IGNORE_INDEX, Reduction::Mean).unwrap();
+        let grad = cross_entropy_backward(&logits, &y, &ce.lse, IGNORE_INDEX, Reduction::Mean, ce.n_valid, 1.0).unwrap().to_vec::<f64>().unwrap();
+        let values = logits.to_vec::<f64>().unwrap();
+        for i in 0..values.len() {
+            let shifted = |delta: f64| {
+                let mut x = values.clone();
+                x[i] += delta;
+                let x = Tensor::from_vec(x, logits.shape()).unwrap();
+                cross_entropy(&x, &y, IGNORE_INDEX, Reduction::Mean).unwrap().loss.to_scalar::<f64>().unwrap()
+            };
+            let numeric = (shifted(1e-6) - shifted(-1e-6)) / 2e-6;
+            assert!((numeric - grad[i]).abs() < 1e-8, "logits [{i}]: {numeric} vs {}", grad[i]);
+        }
+    }
+}
