@@ -26,6 +26,7 @@ pub fn run() -> Result<(), String> {
     println!("target:        {} ({} build)", env!("FERROTUNE_TARGET"), env!("FERROTUNE_PROFILE"));
     println!("os:            {} {}", std::env::consts::OS, std::env::consts::ARCH);
     println!("cpu features:  {}", cpu_features().join(" "));
+    println!("gemm kernel:   {} (force with FERROTUNE_GEMM_KERNEL=avx512|avx2|generic)", ferrotune_tensor::cpu::gemm::selected_kernel());
     println!("threads:       {} (set with --threads or RAYON_NUM_THREADS)", rayon::current_num_threads());
     println!(
         "cores:         {}",

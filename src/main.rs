@@ -1,5 +1,6 @@
 //! `ferrotune`: the command line at the top of the stack (see docs/ARCHITECTURE.md).
 
+mod bench;
 mod env;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Print version, build, CPU features, threads and CUDA availability.
     Env,
+    /// Measure the engine's kernels (GFLOP/s, tokens/s); `--json` for one JSON object per line.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Env => env::run(),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
