@@ -25,7 +25,24 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// Let `ferrotune ... | head` end quietly: Rust ignores SIGPIPE by default, which turns a closed pipe into a
+/// panic on the next print. Restoring the default makes the process exit like any Unix filter.
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13; // the same on Linux and macOS
+    const SIG_DFL: usize = 0;
+    // SAFETY: installing the default disposition for SIGPIPE before any thread starts has no preconditions.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    restore_default_sigpipe();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         if n == 0 {
