@@ -45,3 +45,14 @@ pub mod attention;
 pub use attention::*;
 pub mod cross_entropy;
 pub use cross_entropy::*;
+
+pub mod activation;
+pub use activation::*;
+pub mod dropout;
+pub use dropout::*;
+pub mod norm;
+pub use norm::*;
+pub mod rope;
+pub use rope::*;
+pub mod softmax;
+pub use softmax::*;

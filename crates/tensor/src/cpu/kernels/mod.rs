@@ -4,3 +4,9 @@ pub mod attention;
 pub use attention::*;
 pub mod cross_entropy;
 pub use cross_entropy::*;
+
+pub mod dropout;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod swiglu;
