@@ -33,14 +33,15 @@ const GRAD_WEIGHT_BLOCKS: usize = 64;
 /// where a single running sum would serialise on the add latency (and cannot be reordered for floats).
 #[inline]
 pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let (a_chunks, a_tail) = a.as_chunks::<8>();
+    let (b_chunks, b_tail) = b.as_chunks::<8>();
     let mut lanes = [T::ZERO; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: T = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(&x, &y)| x * y).sum();
-    for (ca, cb) in a_chunks.zip(b_chunks) {
+    for (ca, cb) in a_chunks.iter().zip(b_chunks) {
         for k in 0..8 {
             lanes[k] += ca[k] * cb[k];
         }
     }
+    let tail: T = a_tail.iter().zip(b_tail).map(|(&x, &y)| x * y).sum();
     lanes.iter().copied().sum::<T>() + tail
 }
 
@@ -91,15 +92,16 @@ pub fn rms_norm_backward<T: Float>(
         for ((x, g), gx) in x.chunks_exact(hidden).zip(g.chunks_exact(hidden)).zip(gx.chunks_exact_mut(hidden)) {
             let r = inverse_rms(x, eps);
             // sum_j u_j n_j = r * sum_j g_j w_j x_j; the r is folded into `coeff` below.
+            let (x_chunks, x_tail) = x.as_chunks::<8>();
+            let (g_chunks, g_tail) = g.as_chunks::<8>();
+            let (w_chunks, w_tail) = weight.as_chunks::<8>();
             let mut lanes = [T::ZERO; 8];
-            let (xc, gc, wc) = (x.chunks_exact(8), g.chunks_exact(8), weight.chunks_exact(8));
-            let mut gwx: T =
-                xc.remainder().iter().zip(gc.remainder()).zip(wc.remainder()).map(|((&x, &g), &w)| g * w * x).sum();
-            for ((xc, gc), wc) in xc.zip(gc).zip(wc) {
+            for ((xc, gc), wc) in x_chunks.iter().zip(g_chunks).zip(w_chunks) {
                 for k in 0..8 {
                     lanes[k] += gc[k] * wc[k] * xc[k];
                 }
             }
+            let mut gwx: T = x_tail.iter().zip(g_tail).zip(w_tail).map(|((&x, &g), &w)| g * w * x).sum();
             gwx += lanes.iter().copied().sum::<T>();
             // dL/dx_k = r * g_k w_k - x_k * (r^3 * gwx / H)
             let coeff = r * r * r * gwx * inv_hidden;

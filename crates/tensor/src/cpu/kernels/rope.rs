@@ -29,9 +29,9 @@ pub fn cos_sin_tables<T: Float>(inv_freq: &[f64], attention_scaling: f64, positi
     let (mut cos, mut sin) = (vec![T::ZERO; positions * half], vec![T::ZERO; positions * half]);
     let fill_row = |(position, (cos, sin)): (usize, (&mut [T], &mut [T]))| {
         for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
-            let angle = position as f64 * f;
-            *c = T::from_f64(angle.cos() * attention_scaling);
-            *s = T::from_f64(angle.sin() * attention_scaling);
+            let (sin_angle, cos_angle) = (position as f64 * f).sin_cos();
+            *c = T::from_f64(cos_angle * attention_scaling);
+            *s = T::from_f64(sin_angle * attention_scaling);
         }
     };
     if half == 0 {
