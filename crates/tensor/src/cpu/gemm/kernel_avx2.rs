@@ -14,7 +14,7 @@ const NR: usize = VECTORS * LANES;
 
 /// KC = 256: an A micro-panel (6 KiB) and a B micro-panel (16 KiB) sit in a 32-48 KiB L1 together.
 /// NC = 1024: the 256 x 1024 packed B block is 1 MiB, within a 1-2 MiB L2.
-pub(crate) const MICRO_KERNEL: MicroKernel<f32> = MicroKernel { mr: MR, nr: NR, kc: 256, nc: 1024, avx512_packing: false, run: kernel };
+pub(crate) const MICRO_KERNEL: MicroKernel<f32> = MicroKernel { mr: MR, nr: NR, kc: 256, mc: 3072, nc: 1024, avx512_packing: false, run: kernel };
 
 /// # Safety
 /// The CPU supports AVX2 and FMA (checked with `is_x86_feature_detected!` before this kernel is selected), and

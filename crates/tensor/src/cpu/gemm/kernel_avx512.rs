@@ -16,7 +16,7 @@ const LANES: usize = 16;
 /// KC = 256: one A micro-panel (12 KiB) and one B micro-panel (32 KiB) fit the 48 KiB L1 together.
 /// NC = 1024: the 256 x 1024 packed B block is 1 MiB, half of the 2 MiB L2.
 pub(crate) const MICRO_KERNEL: MicroKernel<f32> =
-    MicroKernel { mr: MR, nr: VECTORS * LANES, kc: 256, nc: 1024, avx512_packing: true, run: kernel::<MR, VECTORS> };
+    MicroKernel { mr: MR, nr: VECTORS * LANES, kc: 1024, mc: 3072, nc: 256, avx512_packing: true, run: kernel::<MR, VECTORS> };
 
 /// # Safety
 /// The CPU supports AVX-512F (the caller selected this kernel through `is_x86_feature_detected!`), and the

@@ -7,11 +7,11 @@ use crate::element::Float;
 
 /// f32: 4 x 8 keeps the 8 accumulator vectors of 4 lanes (plus B and a broadcast) inside 16 SSE registers.
 pub(crate) const F32_MICRO_KERNEL: MicroKernel<f32> =
-    MicroKernel { mr: 4, nr: 8, kc: 256, nc: 1024, avx512_packing: false, run: kernel::<f32, 4, 8> };
+    MicroKernel { mr: 4, nr: 8, kc: 256, mc: 3072, nc: 1024, avx512_packing: false, run: kernel::<f32, 4, 8> };
 
 /// f64: 4 x 4 for the same reason (two f64 lanes per SSE register).
 pub(crate) const F64_MICRO_KERNEL: MicroKernel<f64> =
-    MicroKernel { mr: 4, nr: 4, kc: 256, nc: 512, avx512_packing: false, run: kernel::<f64, 4, 4> };
+    MicroKernel { mr: 4, nr: 4, kc: 256, mc: 3072, nc: 512, avx512_packing: false, run: kernel::<f64, 4, 4> };
 
 /// See [`super::driver::KernelFn`] for the contract.
 ///

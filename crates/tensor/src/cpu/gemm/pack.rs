@@ -1,12 +1,15 @@
 //! Packing: copy a strip of A or B into the unit-stride micro-panel layout the micro-kernel reads, converting
 //! to the compute type on the way, and reusable scratch buffers to pack into.
 //!
-//! A strip is `lines` lines (rows of A, or columns of B) by `kc` steps along k. The packed micro-panel is
-//! k-major: `dst[p * width + i]` holds line `i` at step `p`, and lines `lines..width` are zero so edge tiles
-//! need no special case in the kernel. The source may have any strides: `line_stride` between lines and
-//! `k_stride` between steps. Two layouts get fast paths: unit line stride (a row-major B, or A^T) copies runs
-//! of `lines` values; unit k stride (a row-major A, or B^T) is a transpose, done in 16 x 16 blocks with AVX-512
-//! for f32 when available.
+//! A strip is `lines` lines (rows of A, or columns of B) by `kc` steps along k, cut into micro-panels of
+//! `width` lines (MR for A, NR for B). Panel `q` occupies `dst[q * kc * width ..][.. kc * width]` and is
+//! k-major: `[p * width + i]` holds line `q * width + i` at step `p`. Lines past the strip's end are zero, so
+//! edge tiles need no special case in the kernel. The source may have any strides: `line_stride` between
+//! lines and `k_stride` between steps. Two layouts get fast paths:
+//! - unit line stride (a row-major B, or Aᵀ): each step is one contiguous run across the whole strip, read
+//!   once, step by step, for a group of panels at a time (see [`PANEL_GROUP`]);
+//! - unit k stride (a row-major A, or Bᵀ): a transpose, done in 16 x 16 register blocks with AVX-512 when the
+//!   CPU and the kernel allow it.
 
 use super::GemmInput;
 #[cfg(target_arch = "x86_64")]
@@ -19,7 +22,7 @@ pub(crate) trait Widen<T>: Copy + Send + Sync {
     /// Widen a contiguous run (same lengths).
     fn widen_slice(src: &[Self], dst: &mut [T]);
     /// Pack with a vectorised packer if one fits this type, CPU and layout (same arguments as
-    /// [`pack_panel`]); false if the caller must use the portable one.
+    /// [`pack_strip`]); false, having written nothing, if the caller must use the portable one.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn pack_vectorised(
@@ -60,13 +63,13 @@ impl<S: GemmInput> Widen<f32> for S {
         if S::FORMAT == InputFormat::Other || !super::pack_avx512::available() {
             return false;
         }
-        debug_assert!(dst.len() >= kc * width && lines <= width);
+        assert!(dst.len() >= lines.div_ceil(width) * kc * width);
         // SAFETY: the packer's CPU features were just checked; every index it reads,
         // base + i * line_stride + p * k_stride for i < lines, p < kc, is inside `src` because the MatRef this
-        // strip comes from was bounds-checked at construction; dst holds kc * width values. The formats other
-        // than `Other` are plain f32 / 16-bit floats, so reading their bytes is sound.
+        // strip comes from was bounds-checked at construction; dst holds every panel (asserted). The formats
+        // other than `Other` are plain f32 / 16-bit floats, so reading their bytes is sound.
         unsafe {
-            super::pack_avx512::pack_panel(
+            super::pack_avx512::pack_strip(
                 S::FORMAT,
                 src.as_ptr() as *const u8,
                 std::mem::size_of::<S>(),
@@ -93,12 +96,17 @@ impl Widen<f64> for f64 {
     }
 }
 
-/// Pack one micro-panel (see the module doc). `dst.len()` must be `kc * width`; `lines <= width`.
-/// `vectorised` allows the SIMD packer (the portable one always works; kernels without AVX-512 use it, so a
-/// forced AVX2 or generic run behaves as it would on a CPU without AVX-512).
+/// Panels packed together, step by step, when lines are contiguous: each step then reads one run of up to
+/// `PANEL_GROUP * width` values and writes to `PANEL_GROUP` panels. Fewer panels would read a new source page
+/// per handful of values (each step of a wide matrix is a new row); more would scatter the writes over more
+/// pages than the TLB holds.
+pub(crate) const PANEL_GROUP: usize = 8;
+
+/// Pack a strip of `lines` lines into `lines.div_ceil(width)` micro-panels (see the module doc); `dst` holds
+/// exactly those panels. `vectorised` allows the AVX-512 packer (kernels that do not use AVX-512 pass false, so
+/// a forced AVX2 or generic run behaves as it would on a CPU without it).
 #[allow(clippy::too_many_arguments)]
-#[inline]
-pub(crate) fn pack_panel<S: Widen<T>, T: Copy + Default>(
+pub(crate) fn pack_strip<S: Widen<T>, T: Copy + Default>(
     vectorised: bool,
     src: &[S],
     base: usize,
@@ -109,52 +117,49 @@ pub(crate) fn pack_panel<S: Widen<T>, T: Copy + Default>(
     width: usize,
     dst: &mut [T],
 ) {
-    debug_assert!(lines <= width && dst.len() == kc * width);
+    debug_assert_eq!(dst.len(), lines.div_ceil(width) * kc * width);
     if vectorised && S::pack_vectorised(src, base, line_stride, k_stride, lines, kc, width, dst) {
         return;
     }
+    let panel_len = kc * width;
     if line_stride == 1 || lines == 1 {
-        for (p, out) in dst.chunks_exact_mut(width).enumerate() {
-            let start = base + p * k_stride;
-            S::widen_slice(&src[start..start + lines], &mut out[..lines]);
-            out[lines..].fill(T::default());
-        }
-        return;
-    }
-    if k_stride == 1 {
-        if lines < width {
-            // Zero the padding lines first; the transposes below only write the real ones.
-            for out in dst.chunks_exact_mut(width) {
-                out[lines..].fill(T::default());
+        for (group, panels) in dst.chunks_mut(PANEL_GROUP * panel_len).enumerate() {
+            let first_line = group * PANEL_GROUP * width;
+            for p in 0..kc {
+                let run = &src[base + p * k_stride + first_line..][..(lines - first_line).min(PANEL_GROUP * width)];
+                for (q, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
+                    let live = (run.len() - q * width).min(width);
+                    let out = &mut panel[p * width..][..width];
+                    S::widen_slice(&run[q * width..][..live], &mut out[..live]);
+                    out[live..].fill(T::default());
+                }
             }
         }
-        transpose_into(src, base, line_stride, lines, kc, width, dst);
         return;
     }
-    for (p, out) in dst.chunks_exact_mut(width).enumerate() {
-        let start = base + p * k_stride;
-        for (i, o) in out[..lines].iter_mut().enumerate() {
-            *o = src[start + i * line_stride].widen();
+    for (q, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
+        let live = (lines - q * width).min(width);
+        let panel_base = base + q * width * line_stride;
+        if k_stride == 1 {
+            // A transpose: read each line's contiguous run, scatter it down the panel's column.
+            for i in 0..live {
+                let line = &src[panel_base + i * line_stride..][..kc];
+                for (p, &x) in line.iter().enumerate() {
+                    panel[p * width + i] = x.widen();
+                }
+            }
+        } else {
+            for (p, out) in panel.chunks_exact_mut(width).enumerate() {
+                let start = panel_base + p * k_stride;
+                for (i, o) in out[..live].iter_mut().enumerate() {
+                    *o = src[start + i * line_stride].widen();
+                }
+            }
         }
-        out[lines..].fill(T::default());
-    }
-}
-
-/// `dst[p * width + i] = src[base + i * line_stride + p]` for `i < lines`, `p < kc`: lines are contiguous runs of
-/// k, so this is a transpose.
-fn transpose_into<S: Widen<T>, T: Copy>(
-    src: &[S],
-    base: usize,
-    line_stride: usize,
-    lines: usize,
-    kc: usize,
-    width: usize,
-    dst: &mut [T],
-) {
-    for i in 0..lines {
-        let line = &src[base + i * line_stride..][..kc];
-        for (p, &x) in line.iter().enumerate() {
-            dst[p * width + i] = x.widen();
+        if live < width {
+            for out in panel.chunks_exact_mut(width) {
+                out[live..].fill(T::default());
+            }
         }
     }
 }

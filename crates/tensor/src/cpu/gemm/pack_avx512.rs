@@ -6,6 +6,7 @@
 //! transposed in 16 x 16 blocks with 64 in-register shuffles, which replaces 256 scattered scalar stores with
 //! 16 vector stores.
 
+use super::pack::PANEL_GROUP;
 use super::InputFormat;
 use std::arch::x86_64::*;
 
@@ -86,17 +87,18 @@ unsafe fn transpose16(rows: &mut [__m512; 16]) {
     }
 }
 
-/// Pack one micro-panel: `dst[p * width + i] = src[base + i * line_stride + p * k_stride]` for `i < lines`,
-/// zero for `lines <= i < width`. Returns false (having done nothing) for layouts with neither stride 1, which
-/// the scalar packer handles.
+/// Pack a strip into micro-panels (layout in `pack`): panel `q`, step `p`, lane `i` receives
+/// `src[base + (q * width + i) * line_stride + p * k_stride]` for lines below `lines`, zero past them.
+/// Returns false (having written nothing) for layouts with neither stride 1 and for `InputFormat::Other`,
+/// which the portable packer handles.
 ///
 /// # Safety
 /// [`available`] is true; `src` points to elements of `format` (`elem` bytes each) such that every
-/// `base + i * line_stride + p * k_stride` (`i < lines`, `p < kc`) is readable; `dst` has `kc * width` writable
-/// f32; `lines <= width`.
+/// `base + i * line_stride + p * k_stride` (`i < lines`, `p < kc`) is readable; `dst` has
+/// `lines.div_ceil(width) * kc * width` writable f32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn pack_panel(
+pub(crate) unsafe fn pack_strip(
     format: InputFormat,
     src: *const u8,
     elem: usize,
@@ -108,37 +110,47 @@ pub(crate) unsafe fn pack_panel(
     width: usize,
     dst: *mut f32,
 ) -> bool {
-    if format == InputFormat::Other {
+    if format == InputFormat::Other || (line_stride != 1 && lines != 1 && k_stride != 1) {
         return false;
     }
     let at = |index: usize| src.wrapping_add(index * elem);
-    // SAFETY: loads read source indices the caller guarantees (masked to `lines` / the k range); stores write
-    // dst[p * width + g .. + min(16, width - g)] with p < kc, inside the caller's kc * width buffer.
+    let panels = lines.div_ceil(width);
+    let panel_len = kc * width;
+    // SAFETY: loads read source indices the caller guarantees (masked to the strip's lines and to the k range);
+    // stores write dst[q * panel_len + p * width + g ..][.. min(16, width - g)] with q < panels, p < kc,
+    // g < width: inside the caller's buffer.
     unsafe {
         if line_stride == 1 || lines == 1 {
-            for p in 0..kc {
-                for g in (0..width).step_by(16) {
-                    let v = load16(format, at(base + p * k_stride + g), lines.saturating_sub(g));
-                    _mm512_mask_storeu_ps(dst.add(p * width + g), mask(width - g), v);
+            // Step by step across a group of panels: one contiguous source run per step (see PANEL_GROUP).
+            for group in (0..panels).step_by(PANEL_GROUP) {
+                for p in 0..kc {
+                    let run = base + p * k_stride;
+                    for q in group..panels.min(group + PANEL_GROUP) {
+                        for g in (0..width).step_by(16) {
+                            let line = q * width + g;
+                            let v = load16(format, at(run + line), lines.saturating_sub(line));
+                            _mm512_mask_storeu_ps(dst.add(q * panel_len + p * width + g), mask(width - g), v);
+                        }
+                    }
                 }
             }
             return true;
         }
-        if k_stride != 1 {
-            return false;
-        }
-        for g in (0..width).step_by(16) {
-            let group_lines = lines.saturating_sub(g).min(16);
-            let store_mask = mask(width - g);
-            for p in (0..kc).step_by(16) {
-                let steps = (kc - p).min(16);
-                let mut block = [_mm512_setzero_ps(); 16];
-                for (i, row) in block.iter_mut().enumerate().take(group_lines) {
-                    *row = load16(format, at(base + (g + i) * line_stride + p), steps);
-                }
-                transpose16(&mut block);
-                for (j, column) in block.iter().enumerate().take(steps) {
-                    _mm512_mask_storeu_ps(dst.add((p + j) * width + g), store_mask, *column);
+        for q in 0..panels {
+            for g in (0..width).step_by(16) {
+                let line0 = q * width + g;
+                let group_lines = lines.saturating_sub(line0).min(16).min(width - g);
+                let store_mask = mask(width - g);
+                for p in (0..kc).step_by(16) {
+                    let steps = (kc - p).min(16);
+                    let mut block = [_mm512_setzero_ps(); 16];
+                    for (i, row) in block.iter_mut().enumerate().take(group_lines) {
+                        *row = load16(format, at(base + (line0 + i) * line_stride + p), steps);
+                    }
+                    transpose16(&mut block);
+                    for (j, column) in block.iter().enumerate().take(steps) {
+                        _mm512_mask_storeu_ps(dst.add(q * panel_len + (p + j) * width + g), store_mask, *column);
+                    }
                 }
             }
         }

@@ -6,7 +6,7 @@ use super::*;
 use half::{bf16, f16};
 
 /// Kernels this CPU can run (forcing one it lacks would silently test another).
-fn kernels() -> Vec<GemmKernel> {
+fn available_kernels() -> Vec<GemmKernel> {
     let mut out = vec![GemmKernel::Generic];
     #[cfg(target_arch = "x86_64")]
     {
@@ -16,6 +16,18 @@ fn kernels() -> Vec<GemmKernel> {
         if is_x86_feature_detected!("avx512f") {
             out.push(GemmKernel::Avx512);
         }
+    }
+    out
+}
+
+/// Every available kernel with its real blocking, and again with blocks so small (KC = 40, MC = 3 micro-panels,
+/// NC = 2 micro-panels) that modest shapes cross k blocks, row blocks and column tiles.
+fn kernels() -> Vec<(GemmKernel, MicroKernel<f32>)> {
+    let mut out = Vec::new();
+    for kernel in available_kernels() {
+        let real = f32_kernel(kernel);
+        out.push((kernel, real));
+        out.push((kernel, MicroKernel { kc: 40, mc: 3 * real.mr, nc: 2 * real.nr, ..real }));
     }
     out
 }
@@ -89,7 +101,7 @@ impl Case {
 /// We allow (k + 2) * 2u of that magnitude (twice the worst-case bound, so only a real bug fails it), plus
 /// 1e-30 so all-zero products compare exactly. The inputs were rounded to E *before* the reference sees them,
 /// so half-precision inputs need no extra slack.
-fn check<E: GemmInput>(kernel: GemmKernel, threads: usize, case: Case, to_e: fn(f32) -> E) {
+fn check<E: GemmInput>((kernel, mk): (GemmKernel, MicroKernel<f32>), threads: usize, case: Case, to_e: fn(f32) -> E) {
     let Case { m, n, k, a_layout, b_layout, alpha, beta } = case;
     let seed = (m * 1_000_003 + n * 1009 + k) as u64;
     let a_vals: Vec<E> = values(seed, m * k).into_iter().map(to_e).collect();
@@ -110,7 +122,7 @@ fn check<E: GemmInput>(kernel: GemmKernel, threads: usize, case: Case, to_e: fn(
     let a = MatRef::new(&a_buf, a_off, m, k, a_rs, a_cs).unwrap();
     let b = MatRef::new(&b_buf, b_off, k, n, b_rs, b_cs).unwrap();
     let c = MatMut::new(&mut c_buf, c_off, m, n, ldc).unwrap();
-    pool(threads).install(|| sgemm_with_kernel(kernel, alpha, a, b, beta, c));
+    pool(threads).install(|| driver::gemm(&mk, alpha, a, b, beta, c));
 
     let wide = |v: &[E]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
     let (a64, b64) = (wide(&a_vals), wide(&b_vals));
@@ -142,7 +154,8 @@ fn check<E: GemmInput>(kernel: GemmKernel, threads: usize, case: Case, to_e: fn(
             let tol = (k as f64 + 2.0) * 2.0 * u * scale + 1e-30;
             assert!(
                 (got - want).abs() <= tol,
-                "{kernel:?} threads={threads} {case:?} {}: C[{i},{j}] = {got}, want {want} (tol {tol})",
+                "{kernel:?} kc={} threads={threads} {case:?} {}: C[{i},{j}] = {got}, want {want} (tol {tol})",
+                mk.kc,
                 std::any::type_name::<E>()
             );
         }
@@ -273,6 +286,28 @@ fn dgemm_matches_reference() {
     }
 }
 
+/// The public entry points (the tests above call the driver with explicit blocking).
+#[test]
+fn public_entry_points() {
+    let (m, n, k) = (37, 45, 300);
+    let a = values(1, m * k);
+    let b = values(2, k * n);
+    let mut want = vec![0f32; m * n];
+    gemm_reference(1.0, MatRef::new(&a, 0, m, k, k, 1).unwrap(), MatRef::new(&b, 0, k, n, n, 1).unwrap(), 0.0, MatMut::new(&mut want, 0, m, n, n).unwrap());
+    let mut runs = vec![GemmKernel::Auto];
+    runs.extend(available_kernels());
+    for kernel in runs {
+        let mut got = vec![f32::NAN; m * n];
+        sgemm_with_kernel(kernel, 1.0, MatRef::new(&a, 0, m, k, k, 1).unwrap(), MatRef::new(&b, 0, k, n, n, 1).unwrap(), 0.0, MatMut::new(&mut got, 0, m, n, n).unwrap());
+        // Same bound as `check`: |a|, |b| < 1 so sum |a b| < k.
+        let tol = (k as f32 + 2.0) * f32::EPSILON * k as f32;
+        assert!(got.iter().zip(&want).all(|(x, y)| (x - y).abs() <= tol), "{kernel:?}");
+    }
+    let mut got = vec![f32::NAN; m * n];
+    sgemm(1.0, MatRef::new(&a, 0, m, k, k, 1).unwrap(), MatRef::new(&b, 0, k, n, n, 1).unwrap(), 0.0, MatMut::new(&mut got, 0, m, n, n).unwrap());
+    assert!(got.iter().all(|x| x.is_finite()));
+}
+
 #[test]
 fn views_that_overrun_are_rejected() {
     let data = vec![0f32; 10];
@@ -291,7 +326,7 @@ fn kernel_names_and_fallback() {
     assert_eq!(GemmKernel::from_name("generic"), Some(GemmKernel::Generic));
     assert_eq!(GemmKernel::from_name("sse9"), None);
     assert_eq!(GemmKernel::Generic.resolve(), GemmKernel::Generic);
-    let available = kernels();
+    let available = available_kernels();
     for k in [GemmKernel::Avx512, GemmKernel::Avx2, GemmKernel::Auto] {
         assert!(available.contains(&k.resolve()), "{k:?} resolved to a kernel this CPU lacks");
     }
