@@ -15,8 +15,9 @@
 //! ```
 //!
 //! The `KC x NC` packed B block is sized to stay in the core's L2 while every A micro-panel of the row block
-//! sweeps across it; a large `KC` means C is read and written fewer times (once per k block). The first k block
-//! applies `beta` to C (and never reads C when `beta == 0`); later k blocks accumulate into it.
+//! sweeps across it (each kernel's own blocking constants say how it was chosen); a large `KC` means C is read
+//! and written fewer times (once per k block). The first k block applies `beta` to C (and never reads C when
+//! `beta == 0`); later k blocks accumulate into it.
 //!
 //! Tiles: the column panels are dealt into one equal group per thread, each group cut into tiles of at most NC
 //! columns, so two threads get equal shares; when n is too narrow for that, rows are dealt out too (each such
@@ -88,6 +89,10 @@ where
     }
     if k == 0 {
         scale_output(beta, c);
+        return;
+    }
+    let mut c = c;
+    if super::gemv::try_gemv(alpha, &a, &b, beta, &mut c) {
         return;
     }
     let threads = if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK { 1 } else { rayon::current_num_threads() };

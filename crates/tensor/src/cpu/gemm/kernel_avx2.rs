@@ -13,7 +13,8 @@ const LANES: usize = 8;
 const NR: usize = VECTORS * LANES;
 
 /// KC = 256: an A micro-panel (6 KiB) and a B micro-panel (16 KiB) sit in a 32-48 KiB L1 together.
-/// NC = 1024: the 256 x 1024 packed B block is 1 MiB, within a 1-2 MiB L2.
+/// NC = 1024: the 256 x 1024 packed B block is 1 MiB, within a 1-2 MiB L2. (Not tuned on an AVX2-only CPU:
+/// this machine has AVX-512, where this kernel runs only when forced.)
 pub(crate) const MICRO_KERNEL: MicroKernel<f32> = MicroKernel { mr: MR, nr: NR, kc: 256, mc: 3072, nc: 1024, avx512_packing: false, run: kernel };
 
 /// # Safety

@@ -1,10 +1,10 @@
 //! AVX-512F f32 micro-kernel: a 12 x 32 tile of C in 24 zmm accumulators.
 //!
-//! Per k step it loads two 16-wide vectors of packed B and broadcasts 12 values of packed A (the compiler folds
-//! each broadcast into its FMA as a `{1to16}` memory operand), issuing 24 FMAs: with two FMA ports that is 12
-//! cycles of FMA work against 14 loads, inside what the load ports sustain. 24 accumulators + 2 B vectors leave
-//! headroom in the 32 zmm registers. Edge tiles use AVX-512 masks for the columns and skip the padding rows on
-//! store, so they need no scratch tile.
+//! Per k step it loads two 16-wide vectors of packed B and broadcasts 12 values of packed A, issuing 24 FMAs:
+//! with two 512-bit FMA ports that is 12 cycles of FMA work against 14 loads (3 load ports) and ~41 uops (a
+//! 6-wide front end), so the FMA ports are the bottleneck, as they should be. 24 accumulators + 2 B vectors +
+//! 1 broadcast fit the 32 zmm registers with room to spare. Edge tiles use AVX-512 masks for the columns and
+//! skip the padding rows on store, so they need no scratch tile.
 
 use super::driver::MicroKernel;
 use std::arch::x86_64::*;
@@ -13,8 +13,13 @@ const MR: usize = 12;
 const VECTORS: usize = 2;
 const LANES: usize = 16;
 
-/// KC = 256: one A micro-panel (12 KiB) and one B micro-panel (32 KiB) fit the 48 KiB L1 together.
-/// NC = 1024: the 256 x 1024 packed B block is 1 MiB, half of the 2 MiB L2.
+/// Blocking for a core with 48 KiB L1d and 2 MiB L2 (Sapphire/Emerald Rapids class), chosen by measurement:
+/// - KC = 1024: C is read and written once per k block, so long k blocks save C traffic; the B micro-panel
+///   (up to 128 KiB) streams from L2 with a software prefetch and the A micro-panel (48 KiB) stays close. KC 256
+///   and 512 measured a few per cent slower on the training shapes (k = 576, 1024, 1536: one or two k blocks).
+/// - NC = 256: the KC x NC packed B block is 1 MiB, half of L2, leaving room for A panels and C lines.
+/// - MC = 3072: packed A for a k block is at most 12 MiB (lives in L3); every training shape (m <= 2048) packs
+///   B only once per k block.
 pub(crate) const MICRO_KERNEL: MicroKernel<f32> =
     MicroKernel { mr: MR, nr: VECTORS * LANES, kc: 1024, mc: 3072, nc: 256, avx512_packing: true, run: kernel::<MR, VECTORS> };
 
@@ -44,6 +49,10 @@ unsafe fn kernel<const ROWS: usize, const NV: usize>(
         let mut acc = [[_mm512_setzero_ps(); NV]; ROWS];
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
+            // B streams from L2 (its micro-panel is up to KC * 128 bytes): ask for the lines 8 steps ahead so
+            // they are in L1 by the time they are loaded. Prefetching past the panel's end is harmless.
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NV * LANES) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NV * LANES + LANES) as *const i8);
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = _mm512_loadu_ps(b.add(v * LANES));

@@ -14,7 +14,9 @@
 //!   (one broadcast of A times a vector row of B per k). AVX-512F `12 x 32` (24 zmm accumulators), AVX2+FMA
 //!   `6 x 16` (12 ymm), and a portable `4 x 8` (f32) / `4 x 4` (f64) that the compiler vectorises.
 //! - **Cache blocking** (`driver`): a `KC x NC` block of packed B stays in the core's L2 while every A
-//!   micro-panel (`MR x KC`, resident in L1) sweeps across it; packed A for all of k is shared by the threads.
+//!   micro-panel (`MR x KC`) of an `MC`-row block sweeps across it; packed A for one k block is shared by the
+//!   threads.
+//! - **Matrix-vector products** (`gemv`, m == 1 or n == 1) skip packing: each input is used once.
 //! - **Threads**: the n dimension is cut into NR-aligned column blocks (the m dimension too when n is narrow),
 //!   one rayon task each; each task packs its own B block into its own L2.
 //!
@@ -23,6 +25,7 @@
 //! runs.
 
 mod driver;
+mod gemv;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx2;
 #[cfg(target_arch = "x86_64")]

@@ -192,7 +192,7 @@ fn strides_transposes_and_offsets() {
     for kernel in kernels() {
         for a_layout in layouts {
             for b_layout in layouts {
-                for &(m, n, k) in &[(1, 1, 1), (13, 33, 17), (31, 65, 300), (12, 32, 16), (40, 7, 3)] {
+                for &(m, n, k) in &[(1, 1, 1), (13, 33, 17), (31, 65, 300), (12, 32, 16), (40, 7, 3), (1, 70, 45), (50, 1, 33)] {
                     let case = Case { m, n, k, a_layout, b_layout, alpha: 1.0, beta: 0.0 };
                     check(kernel, 1, case, |x| x);
                 }
@@ -250,6 +250,10 @@ fn two_threads_match_one() {
                 (300, 20, 400, Layout::RowMajor, Layout::Transposed),
                 (65, 1100, 40, Layout::Transposed, Layout::RowMajor),
                 (127, 127, 520, Layout::Transposed, Layout::Transposed),
+                // Matrix-vector products large enough to split: rows of B contiguous, then columns of A.
+                (1, 5000, 300, Layout::RowMajor, Layout::RowMajor),
+                (3000, 1, 400, Layout::RowMajor, Layout::Strided),
+                (2000, 1, 600, Layout::Transposed, Layout::RowMajor),
             ] {
                 let case = Case { m, n, k, a_layout, b_layout, alpha: 1.0, beta: 0.0 };
                 check(kernel, threads, case, |x| x);
