@@ -268,7 +268,7 @@ impl RopeTable {
     }
 }
 
-/// One table row per `(batch, time)` row of `x`, from `[B, T]` or `[T]` integer positions.
+/// One table row per `(batch, time)` row of `x`, from `[B, T]`, `[1, T]` or `[T]` integer positions.
 fn row_positions(op: &'static str, positions: &Tensor, batch: usize, seq: usize, table_len: usize) -> Result<Vec<usize>> {
     let raw: Vec<i64> = match positions.dtype() {
         DType::I64 => positions.to_vec::<i64>()?,
@@ -277,7 +277,8 @@ fn row_positions(op: &'static str, positions: &Tensor, batch: usize, seq: usize,
     };
     let per_row = match *positions.shape() {
         [b, t] if b == batch && t == seq => raw,
-        [t] if t == seq => raw.repeat(batch),
+        // One row shared by the batch, as HF's `position_ids` of shape [1, T] is.
+        [t] | [1, t] if t == seq => raw.repeat(batch),
         _ => return Err(Error::ShapeMismatch { op, lhs: vec![batch, seq], rhs: positions.shape().to_vec() }),
     };
     per_row
@@ -319,7 +320,8 @@ fn apply(op: &'static str, x: &Tensor, table: &RopeTable, positions: &Tensor, in
 /// Half-split ("rotate_half", HF Llama/NeoX) layout. x: [B, T, n_heads, head_dim]; positions: [B, T] or [T] (i32 or i64) — positions let packed sequences restart at 0.
 /// out = x*cos + rotate_half(x)*sin, with cos/sin multiplied by attention_scaling as HF does.
 ///
-/// Returned in the dtype of `x` (bf16/f16 rotate in f32 with the f32 tables; f64 evaluates its own f64 tables).
+/// `[1, T]` positions are accepted too (shared by the batch). Returned in the dtype of `x` (bf16/f16 rotate
+/// in f32 with the f32 tables; f64 evaluates its own f64 tables).
 pub fn rope(x: &Tensor, table: &RopeTable, positions: &Tensor) -> Result<Tensor> {
     apply("rope", x, table, positions, false)
 }
@@ -414,6 +416,8 @@ mod tests {
         let per_batch = Tensor::from_vec(vec![3i32, 4, 5, 6, 7, 3, 4, 5, 6, 7], &[2, 5]).unwrap();
         let y = rope(&x, &table, &shared).unwrap();
         assert_eq!(rope(&x.contiguous().unwrap(), &table, &per_batch).unwrap().max_abs_diff(&y).unwrap(), 0.0);
+        let hf_style = shared.reshape(&[1, 5]).unwrap();
+        assert_eq!(rope(&x, &table, &hf_style).unwrap().max_abs_diff(&y).unwrap(), 0.0);
         // The backward is the inverse rotation when attention_scaling is 1.
         let back = rope_backward(&y, &table, &shared).unwrap();
         assert!(back.max_abs_diff(&x).unwrap() < 1e-14);
