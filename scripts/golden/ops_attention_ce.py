@@ -9,7 +9,7 @@ Writes, for each dtype tag in f64 / f32 / bf16:
   tests/golden/ops_ce_linear_<tag>.safetensors   cross_entropy(hidden @ weight.T), loss and both grads
 
 Attention cases (layout [B, T, H, D] as ferrotune takes it; torch gets [B, H, T, D] views):
-  gqa     causal, 3 query heads per kv head (enable_gqa), T = 70 crosses ferrotune's 64-row tile
+  gqa     causal, 3 query heads per kv head (enable_gqa), T = 140 crosses ferrotune's 128-row tile
   kvcache causal with S > T, aligned bottom-right (flash-attn's KV-cache convention) via an explicit mask,
           since torch's is_causal aligns top-left when S != T
   packed  causal + segment ids (LLaMA-Factory neat_packing): a block-diagonal causal mask
@@ -142,7 +142,7 @@ def main():
     attention = {tag: {} for _, tag in DTYPES}
     meta = {}
     for args in [
-        dict(name="gqa", b=1, t=70, s=70, hq=3, hkv=1, d=8, causal=True, seed=10),
+        dict(name="gqa", b=1, t=140, s=140, hq=3, hkv=1, d=6, causal=True, seed=10),
         dict(name="kvcache", b=1, t=5, s=12, hq=4, hkv=2, d=8, causal=True, seed=11),
         dict(name="packed", b=2, t=20, s=20, hq=2, hkv=2, d=8, causal=True, packed=True, seed=12),
         dict(name="bidir", b=1, t=9, s=13, hq=2, hkv=1, d=24, causal=False, scale=0.3, seed=13),

@@ -207,10 +207,13 @@ mod tests {
             1.0 / (self.d as f64).sqrt()
         }
 
-        /// Packed sequences of uneven lengths, different per batch row (sorted ids, as packing makes them).
+        /// Packed sequences (sorted ids, as packing makes them): in even batch rows 64 tokens each, so the
+        /// second 128-row query tile shares no segment with the first key tile (skipped); in odd rows 24 tokens
+        /// each, offset so that segments straddle the tile boundary.
         fn segment_ids(&self) -> Option<Vec<i64>> {
             self.segments.then(|| {
-                (0..self.b).flat_map(|b| (0..self.t).map(move |t| ((t + 7 * b) / (11 + 13 * b)) as i64 + 3 * b as i64)).collect()
+                let id = |b: usize, t: usize| if b % 2 == 0 { t / 64 } else { (t + 7) / 24 + 10 };
+                (0..self.b).flat_map(|b| (0..self.t).map(move |t| id(b, t) as i64)).collect()
             })
         }
 
@@ -320,17 +323,17 @@ mod tests {
     }
 
     const CASES: [Case; 7] = [
-        // GQA 3:1, T not a multiple of the 64-row block, odd head_dim.
-        Case { b: 2, t: 70, s: 70, hq: 3, hkv: 1, d: 24, causal: true, segments: false },
-        // 1:1, several blocks, D = 64.
-        Case { b: 1, t: 130, s: 130, hq: 2, hkv: 2, d: 64, causal: true, segments: false },
-        // KV cache: S > T, queries are the last T positions (one block, then several).
+        // GQA 3:1, T not a multiple of the 128-row tile, odd head_dim.
+        Case { b: 2, t: 150, s: 150, hq: 3, hkv: 1, d: 24, causal: true, segments: false },
+        // 1:1, several tiles each way, D = 64.
+        Case { b: 1, t: 260, s: 260, hq: 2, hkv: 2, d: 64, causal: true, segments: false },
+        // KV cache: S > T, queries are the last T positions (one tile, then several).
         Case { b: 2, t: 5, s: 12, hq: 4, hkv: 2, d: 8, causal: true, segments: false },
-        Case { b: 1, t: 67, s: 131, hq: 3, hkv: 1, d: 16, causal: true, segments: false },
-        // Packed sequences.
-        Case { b: 2, t: 90, s: 90, hq: 2, hkv: 1, d: 24, causal: true, segments: true },
+        Case { b: 1, t: 140, s: 300, hq: 3, hkv: 1, d: 16, causal: true, segments: false },
+        // Packed sequences spanning tiles (some tile pairs share no segment and are skipped).
+        Case { b: 2, t: 200, s: 200, hq: 2, hkv: 1, d: 24, causal: true, segments: true },
         // Bidirectional, S != T.
-        Case { b: 1, t: 33, s: 47, hq: 2, hkv: 1, d: 24, causal: false, segments: false },
+        Case { b: 1, t: 33, s: 150, hq: 2, hkv: 1, d: 24, causal: false, segments: false },
         // S < T: the first T - S queries see no key and must output zeros.
         Case { b: 1, t: 10, s: 4, hq: 1, hkv: 1, d: 8, causal: true, segments: false },
     ];
@@ -425,7 +428,7 @@ mod tests {
     /// q, k and v as narrows of one fused projection `[B, T, (Hq + 2 Hkv) * D]` give what contiguous copies give.
     #[test]
     fn strided_views_of_a_fused_projection() {
-        let (b, t, hq, hkv, d) = (2, 75, 3, 1, 16);
+        let (b, t, hq, hkv, d) = (2, 150, 3, 1, 16);
         let qkv = Tensor::randn(3, &[b, t, (hq + 2 * hkv) * d], 0.0, 1.0, DType::F32).unwrap();
         let q = qkv.narrow(2, 0, hq * d).unwrap().reshape(&[b, t, hq, d]).unwrap();
         let k = qkv.narrow(2, hq * d, hkv * d).unwrap().reshape(&[b, t, hkv, d]).unwrap();

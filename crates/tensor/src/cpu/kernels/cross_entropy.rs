@@ -16,7 +16,7 @@
 //! - [`linear_cross_entropy_fused`] takes `hidden [N, H]` and the `weight [V, H]` of the output projection and
 //!   returns the loss with both gradients; see its doc for the algorithm and its memory.
 
-use super::attention::TileGemm;
+use super::attention::{SoftmaxFloat, TileGemm};
 use crate::cpu::gemm::{MatMut, MatRef};
 use crate::element::{Element, Float};
 use crate::{bail, Error, Result};
@@ -28,6 +28,15 @@ pub const CROSS_ENTROPY_VOCAB_CHUNK: usize = 4096;
 
 /// Below this many logits a call runs on the calling thread.
 const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Logits are widened to the compute type in pieces of this many (2 KiB of f32, in L1) so the row primitives
+/// of [`SoftmaxFloat`] run on contiguous compute-type data whatever the storage type.
+const WIDEN_PIECE: usize = 512;
+
+#[inline]
+fn widen_into<T: LogitElement<F>, F: Float>(src: &[T], dst: &mut [F]) {
+    dst.iter_mut().zip(src).for_each(|(d, &x)| *d = x.widen());
+}
 
 /// A logits storage type and the compute type `F` it is read and written in (bf16 and f16 compute in f32).
 pub trait LogitElement<F: Float>: Element {
@@ -121,17 +130,28 @@ struct OnlineLse<F> {
     sum: F,
 }
 
-impl<F: Float> OnlineLse<F> {
+impl<F: SoftmaxFloat> OnlineLse<F> {
     const EMPTY: Self = OnlineLse { max: F::NEG_INFINITY, sum: F::ZERO };
 
     /// The state of one chunk: two sweeps (max, then exp-sum) over data that is in L1.
-    #[inline]
     fn of_chunk<T: LogitElement<F>>(chunk: &[T]) -> Self {
-        let max = chunk.iter().fold(F::NEG_INFINITY, |m, &x| m.max(x.widen()));
+        let mut buf = [F::ZERO; WIDEN_PIECE];
+        let mut max = F::NEG_INFINITY;
+        for piece in chunk.chunks(WIDEN_PIECE) {
+            let wide = &mut buf[..piece.len()];
+            widen_into(piece, wide);
+            max = max.max(F::row_max(wide));
+        }
         if max == F::NEG_INFINITY {
             return Self::EMPTY;
         }
-        OnlineLse { max, sum: chunk.iter().map(|&x| (x.widen() - max).exp()).sum() }
+        let mut sum = F::ZERO;
+        for piece in chunk.chunks(WIDEN_PIECE) {
+            let wide = &mut buf[..piece.len()];
+            widen_into(piece, wide);
+            sum += F::exp_shifted(wide, max);
+        }
+        OnlineLse { max, sum }
     }
 
     /// `(m1, s1) + (m2, s2) = (m, s1 e^(m1 - m) + s2 e^(m2 - m))` with `m = max(m1, m2)`. An empty side (max
@@ -155,7 +175,7 @@ impl<F: Float> OnlineLse<F> {
 
 /// Forward over rows: returns `(lse [N], sum of the valid rows' losses (in f64), number of valid rows)`.
 /// `vocab_chunk` is the online-lse step ([`CROSS_ENTROPY_VOCAB_CHUNK`] in the op).
-pub fn cross_entropy_forward<T: LogitElement<F>, F: Float>(
+pub fn cross_entropy_forward<T: LogitElement<F>, F: SoftmaxFloat>(
     logits: RowMajor<T>,
     targets: &[i64],
     ignore_index: i64,
@@ -187,7 +207,7 @@ pub fn cross_entropy_forward<T: LogitElement<F>, F: Float>(
 /// Backward over rows: `grad_logits [N, V]` (contiguous, in the logits dtype) with
 /// `grad_nv = row_weight * (exp(z_nv - lse_n) - [v == y_n])` for valid rows and 0 for ignored ones, where
 /// `row_weight` is `grad_loss / n_valid` (mean) or `grad_loss` (sum).
-pub fn cross_entropy_backward<T: LogitElement<F>, F: Float>(
+pub fn cross_entropy_backward<T: LogitElement<F>, F: SoftmaxFloat>(
     logits: RowMajor<T>,
     targets: &[i64],
     lse: &[F],
@@ -205,8 +225,12 @@ pub fn cross_entropy_backward<T: LogitElement<F>, F: Float>(
     let fill_row = |(r, out): (usize, &mut [T])| {
         let Some(y) = targets[r] else { return };
         let (z, row_lse) = (logits.row(r), lse[r]);
-        for (g, &x) in out.iter_mut().zip(z) {
-            *g = T::narrow(row_weight * (x.widen() - row_lse).exp());
+        let mut buf = [F::ZERO; WIDEN_PIECE];
+        for (out, z) in out.chunks_mut(WIDEN_PIECE).zip(z.chunks(WIDEN_PIECE)) {
+            let probs = &mut buf[..z.len()];
+            widen_into(z, probs);
+            F::exp_shifted(probs, row_lse);
+            out.iter_mut().zip(probs.iter()).for_each(|(g, &p)| *g = T::narrow(row_weight * p));
         }
         out[y] = T::narrow(row_weight * ((z[y].widen() - row_lse).exp() - F::ONE));
     };
@@ -283,7 +307,7 @@ pub fn linear_cross_entropy_fused<F, W>(
     blocks: LinearCrossEntropyBlocks,
 ) -> Result<FusedLinearCrossEntropy<F>>
 where
-    F: TileGemm<W> + TileGemm<F>,
+    F: TileGemm<W> + TileGemm<F> + SoftmaxFloat,
     W: Element,
 {
     let (n_rows, hidden_dim, vocab) = (hidden.rows, hidden.cols, weight.rows);
@@ -413,16 +437,11 @@ where
 
 /// `row <- exp(row - max(row))`, returning `(max, sum)`. A row of -inf becomes zeros with an empty state.
 #[inline]
-fn exp_shifted_in_place<F: Float>(row: &mut [F]) -> OnlineLse<F> {
-    let max = row.iter().fold(F::NEG_INFINITY, |m, &z| m.max(z));
+fn exp_shifted_in_place<F: SoftmaxFloat>(row: &mut [F]) -> OnlineLse<F> {
+    let max = F::row_max(row);
     if max == F::NEG_INFINITY {
         row.fill(F::ZERO);
         return OnlineLse::EMPTY;
     }
-    let mut sum = F::ZERO;
-    for z in row.iter_mut() {
-        *z = (*z - max).exp();
-        sum += *z;
-    }
-    OnlineLse { max, sum }
+    OnlineLse { max, sum: F::exp_shifted(row, max) }
 }
