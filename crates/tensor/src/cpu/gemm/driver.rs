@@ -49,7 +49,8 @@ pub(crate) struct MicroKernel<T> {
     /// Most rows of A packed at once (a multiple of `mr`): bounds the packed-A scratch to `mc * kc` values;
     /// B is packed once per row block, so this should exceed the usual m.
     pub mc: usize,
-    /// Widest column tile (its packed B block is `kc x nc`).
+    /// Widest column tile at a full `kc` k block; the packed B block, `kc x nc` values, is the L2 budget, so
+    /// shorter k blocks get proportionally wider tiles (fewer sweeps over packed A).
     pub nc: usize,
     /// Pack with the AVX-512 packers (where the input type has one).
     pub avx512_packing: bool,
@@ -106,7 +107,7 @@ where
     for (first_panel, panels) in split_even(m.div_ceil(mk.mr), (mk.mc / mk.mr).max(1)) {
         let row0 = first_panel * mk.mr;
         let rows = (panels * mk.mr).min(m - row0);
-        let tiles = plan_tiles(mk, row0, rows, n, threads);
+        let tiles = plan_tiles(mk, row0, rows, n, kc_max, threads);
         T::with_scratch_a(panels * mk.mr * kc_max, |packed_a| {
             for &(p0, kc) in &k_blocks {
                 let packed_a = &mut packed_a[..panels * mk.mr * kc];
@@ -170,14 +171,14 @@ fn pack_a_block<T: Float, SA: Widen<T>>(
 }
 
 /// Cut C's row block into tiles. The column panels are first dealt into one equal group per thread (so each
-/// thread's share is the same however rayon halves the list), then each group is cut into tiles of at most NC
-/// columns. If there are fewer column panels than threads, rows are dealt out as well.
-fn plan_tiles<T>(mk: &MicroKernel<T>, row0: usize, rows: usize, n: usize, threads: usize) -> Vec<Tile> {
+/// thread's share is the same however rayon halves the list), then each group is cut into tiles whose packed
+/// B block (`kc` x tile columns) fits the kernel's L2 budget (`KC x NC`). If there are fewer column panels than threads, rows are dealt out as well.
+fn plan_tiles<T>(mk: &MicroKernel<T>, row0: usize, rows: usize, n: usize, kc: usize, threads: usize) -> Vec<Tile> {
     let col_panels = n.div_ceil(mk.nr);
     let row_panels = rows.div_ceil(mk.mr);
     let col_groups = threads.min(col_panels);
     let row_groups = threads.div_ceil(col_groups).min(row_panels);
-    let max_tile_panels = (mk.nc / mk.nr).max(1);
+    let max_tile_panels = (mk.nc * mk.kc / kc / mk.nr).max(1);
     let mut tiles = Vec::new();
     for (group_start, group_panels) in split_even(col_panels, col_panels.div_ceil(col_groups)) {
         for (panel0, panels) in split_even(group_panels, max_tile_panels) {
