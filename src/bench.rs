@@ -160,13 +160,13 @@ fn run_gemm(args: GemmArgs) -> Result<(), String> {
     }
     for &(m, n, k) in &shapes {
         for &layout in &layouts {
-            for (t, pool) in &pools {
-                let timing = Timing { min_time: args.min_time, cpu_time: args.cpu_time && *t == 1 };
-                let measured = match args.dtype {
-                    InputDType::F32 => time_case::<f32>(m, n, k, layout, kernel, pool, &timing, |x| x),
-                    InputDType::Bf16 => time_case::<bf16>(m, n, k, layout, kernel, pool, &timing, bf16::from_f32),
-                    InputDType::F16 => time_case::<f16>(m, n, k, layout, kernel, pool, &timing, f16::from_f32),
-                }?;
+            let timing = Timing { min_time: args.min_time, cpu_time: args.cpu_time };
+            let measured = match args.dtype {
+                InputDType::F32 => time_shape::<f32>(m, n, k, layout, kernel, &pools, &timing, |x| x),
+                InputDType::Bf16 => time_shape::<bf16>(m, n, k, layout, kernel, &pools, &timing, bf16::from_f32),
+                InputDType::F16 => time_shape::<f16>(m, n, k, layout, kernel, &pools, &timing, f16::from_f32),
+            }?;
+            for ((t, _), (measured, cpu_clock)) in pools.iter().zip(measured) {
                 let flops = 2.0 * m as f64 * n as f64 * k as f64;
                 let gflops = flops / measured.best / 1e9;
                 if args.json {
@@ -181,7 +181,7 @@ fn run_gemm(args: GemmArgs) -> Result<(), String> {
                         "seconds": measured.best,
                         "median_seconds": measured.median,
                         "runs": measured.runs,
-                        "clock": if timing.cpu_time { "thread-cpu" } else { "wall" },
+                        "clock": if cpu_clock { "thread-cpu" } else { "wall" },
                         "gflops": gflops,
                     });
                     println!("{line}");
@@ -216,7 +216,7 @@ fn fill<E>(len: usize, seed: u64, convert: fn(f32) -> E) -> Vec<E> {
 /// How long to repeat a case, and which clock ranks the runs.
 struct Timing {
     min_time: f64,
-    /// On-CPU time of the (single) worker thread rather than wall time.
+    /// For single-thread pools: on-CPU time of the worker thread rather than wall time.
     cpu_time: bool,
 }
 
@@ -249,45 +249,54 @@ fn thread_cpu_seconds() -> Option<f64> {
     None
 }
 
+/// Time one shape and layout on every pool: the operands are built once and shared. Returns, per pool, the
+/// measurement and whether it used the thread CPU clock.
 #[allow(clippy::too_many_arguments)]
-fn time_case<E: GemmInput>(
+fn time_shape<E: GemmInput>(
     m: usize,
     n: usize,
     k: usize,
     layout: OperandLayout,
     kernel: GemmKernel,
-    pool: &rayon::ThreadPool,
+    pools: &[(usize, rayon::ThreadPool)],
     timing: &Timing,
     convert: fn(f32) -> E,
-) -> Result<Measurement, String> {
-    let a = fill(m * k, 1, convert);
-    let b = fill(k * n, 2, convert);
-    let mut c = vec![0f32; m * n];
+) -> Result<Vec<(Measurement, bool)>, String> {
+    let too_big = || format!("shape {m}x{n}x{k} is too large to allocate");
+    let (a_len, b_len, c_len) = (m.checked_mul(k).ok_or_else(too_big)?, k.checked_mul(n).ok_or_else(too_big)?, m.checked_mul(n).ok_or_else(too_big)?);
+    let a = fill(a_len, 1, convert);
+    let b = fill(b_len, 2, convert);
+    let mut c = vec![0f32; c_len];
     let (a_rs, a_cs) = if layout == OperandLayout::Tn { (1, m) } else { (k, 1) };
     let (b_rs, b_cs) = if layout == OperandLayout::Nt { (1, k) } else { (n, 1) };
-    let mut once = || -> Result<f64, String> {
-        let a = MatRef::new(&a, 0, m, k, a_rs, a_cs).map_err(|e| e.to_string())?;
-        let b = MatRef::new(&b, 0, k, n, b_rs, b_cs).map_err(|e| e.to_string())?;
-        let c = MatMut::new(&mut c, 0, m, n, n).map_err(|e| e.to_string())?;
-        pool.install(|| {
-            // Read on the worker thread, which is where a single-thread pool runs the whole product.
-            let (wall, cpu) = (Instant::now(), if timing.cpu_time { thread_cpu_seconds() } else { None });
-            gemm::sgemm_with_kernel(kernel, 1.0, a, b, 0.0, c);
-            match (timing.cpu_time, cpu, thread_cpu_seconds()) {
-                (true, Some(before), Some(after)) => Ok(after - before),
-                (true, _, _) => Err("--cpu-time: this platform has no thread CPU clock".to_string()),
-                (false, _, _) => Ok(wall.elapsed().as_secs_f64()),
-            }
-        })
-    };
-    once()?;
-    let mut times = Vec::new();
-    let started = Instant::now();
-    while times.len() < 3 || started.elapsed().as_secs_f64() < timing.min_time {
-        times.push(once()?);
+    let mut results = Vec::new();
+    for (threads, pool) in pools {
+        let cpu_clock = timing.cpu_time && *threads == 1;
+        let mut once = || -> Result<f64, String> {
+            let a = MatRef::new(&a, 0, m, k, a_rs, a_cs).map_err(|e| e.to_string())?;
+            let b = MatRef::new(&b, 0, k, n, b_rs, b_cs).map_err(|e| e.to_string())?;
+            let c = MatMut::new(&mut c, 0, m, n, n).map_err(|e| e.to_string())?;
+            pool.install(|| {
+                // Read on the worker thread, which is where a single-thread pool runs the whole product.
+                let (wall, cpu) = (Instant::now(), if cpu_clock { thread_cpu_seconds() } else { None });
+                gemm::sgemm_with_kernel(kernel, 1.0, a, b, 0.0, c);
+                match (cpu_clock, cpu, thread_cpu_seconds()) {
+                    (true, Some(before), Some(after)) => Ok(after - before),
+                    (true, _, _) => Err("--cpu-time: this platform has no thread CPU clock".to_string()),
+                    (false, _, _) => Ok(wall.elapsed().as_secs_f64()),
+                }
+            })
+        };
+        once()?;
+        let mut times = Vec::new();
+        let started = Instant::now();
+        while times.len() < 3 || started.elapsed().as_secs_f64() < timing.min_time {
+            times.push(once()?);
+        }
+        times.sort_by(f64::total_cmp);
+        results.push((Measurement { best: times[0], median: times[times.len() / 2], runs: times.len() }, cpu_clock));
     }
-    times.sort_by(f64::total_cmp);
-    Ok(Measurement { best: times[0], median: times[times.len() / 2], runs: times.len() })
+    Ok(results)
 }
 
 #[cfg(test)]
