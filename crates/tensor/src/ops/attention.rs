@@ -212,7 +212,7 @@ mod tests {
         /// each, offset so that segments straddle the tile boundary.
         fn segment_ids(&self) -> Option<Vec<i64>> {
             self.segments.then(|| {
-                let id = |b: usize, t: usize| if b % 2 == 0 { t / 64 } else { (t + 7) / 24 + 10 };
+                let id = |b: usize, t: usize| if b.is_multiple_of(2) { t / 64 } else { (t + 7) / 24 + 10 };
                 (0..self.b).flat_map(|b| (0..self.t).map(move |t| id(b, t) as i64)).collect()
             })
         }

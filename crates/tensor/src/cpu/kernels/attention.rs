@@ -142,8 +142,9 @@ unsafe fn exp_shifted_avx512(xs: &mut [f32], shift: f32) -> f32 {
     exp_shifted_f32::<true>(xs, shift)
 }
 
-/// `e^x` in f32 without calls and with one select, so loops over it vectorise (the portable version; the
-/// kernels use a fused-multiply-add copy where the CPU has one). See [`exp_f32_with`].
+/// `e^x` in f32 without calls and with one select, so loops over it vectorise: Cody-Waite reduction, Cephes'
+/// polynomial, `2^n` from the exponent bits; relative error below `f32::EPSILON`. This is the portable copy; the
+/// kernels use one with fused multiply-adds where the CPU has them (`exp_f32_with`).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     exp_f32_with::<false>(x)
@@ -180,7 +181,7 @@ fn exp_f32_with<const FMA: bool>(x: f32) -> f32 {
     p = madd::<FMA>(p, r, 8.333_452e-3);
     p = madd::<FMA>(p, r, 4.166_579_6e-2);
     p = madd::<FMA>(p, r, 1.666_666_5e-1);
-    p = madd::<FMA>(p, r, 5.000_000_1e-1);
+    p = madd::<FMA>(p, r, 0.5);
     // e^r = 1 + r + r^2 p, the small terms summed before the 1 so they keep their bits.
     let e_r = madd::<FMA>(p * r, r, r) + 1.0;
     // The integer n (in [-126, 129]) sits in the low mantissa bits of `shifted`; 2^n = 2^h * 2^(n - h).
@@ -535,8 +536,10 @@ impl<F: TileGemm + SoftmaxFloat> BackwardTask<'_, '_, F> {
                 (0..t_len).map(|t| self.d_out.row(b, t, h).iter().zip(self.out.row(b, t, h)).map(|(&g, &o)| g * o).sum()).collect()
             })
             .collect();
-        let mut probs = vec![F::ZERO; ATTENTION_BLOCK_Q * ATTENTION_BLOCK_K];
-        let mut d_scores = vec![F::ZERO; ATTENTION_BLOCK_Q * ATTENTION_BLOCK_K];
+        // On the heap: two 128 x 128 tiles are 128 KiB (256 KiB in f64), too much for a rayon thread's stack frame.
+        #[allow(clippy::useless_vec)]
+        let (mut probs, mut d_scores) =
+            (vec![F::ZERO; ATTENTION_BLOCK_Q * ATTENTION_BLOCK_K], vec![F::ZERO; ATTENTION_BLOCK_Q * ATTENTION_BLOCK_K]);
         for (kb, s0) in (0..s_len).step_by(ATTENTION_BLOCK_K).enumerate() {
             let cols = ATTENTION_BLOCK_K.min(s_len - s0);
             let k_tile = self.k.tile(b, s0, cols, self.kv_head)?;

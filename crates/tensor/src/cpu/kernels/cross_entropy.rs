@@ -10,8 +10,8 @@
 //! - [`cross_entropy_forward`] streams each row in `vocab_chunk`-column pieces with an online log-sum-exp
 //!   (running max `m` and sum `s`; a chunk with max `m'` and sum `s'` gives
 //!   `s <- s e^(m - max(m, m')) + s' e^(m' - max(m, m'))`), so the row is read from memory once and nothing but
-//!   `lse` is stored. Logits stay in their storage dtype (bf16 is widened one element at a time, never copied
-//!   to an f32 matrix).
+//!   `lse` is stored. Logits stay in their storage dtype (bf16 is widened 512 values at a time into an L1
+//!   buffer, never copied to an f32 matrix).
 //! - [`cross_entropy_backward`] rebuilds the softmax from `lse` one element at a time.
 //! - [`linear_cross_entropy_fused`] takes `hidden [N, H]` and the `weight [V, H]` of the output projection and
 //!   returns the loss with both gradients; see its doc for the algorithm and its memory.
@@ -322,12 +322,12 @@ where
     let valid_rows: Vec<usize> = (0..n_rows).filter(|&r| targets[r].is_some()).collect();
     let mut grad_hidden = vec![F::ZERO; n_rows * hidden_dim];
     let mut grad_weight = compute_grad_weight.then(|| vec![F::ZERO; vocab * hidden_dim]);
-    let mut loss_sum = 0.0;
     if valid_rows.is_empty() || hidden_dim == 0 {
-        // No logits to score, or every logit is 0 (then the loss is log V per row and no gradient flows).
-        loss_sum = valid_rows.len() as f64 * (vocab as f64).ln();
+        // Nothing to score, or every logit is 0: then each valid row's loss is log V and no gradient flows.
+        let loss_sum = if valid_rows.is_empty() { 0.0 } else { valid_rows.len() as f64 * (vocab as f64).ln() };
         return Ok(FusedLinearCrossEntropy { loss_sum, n_valid: valid_rows.len(), grad_hidden, grad_weight });
     }
+    let mut loss_sum = 0.0;
     let chunk = blocks.vocab_chunk;
     let chunk_starts: Vec<usize> = (0..vocab).step_by(chunk).collect();
     let chunk_cols = |c: usize| chunk.min(vocab - chunk_starts[c]);
@@ -419,9 +419,9 @@ where
         let strips = &strips;
         gx_block.par_chunks_mut(rows_per_task * hidden_dim).enumerate().try_for_each(|(task, gx)| -> Result<()> {
             let (i0, m) = (task * rows_per_task, gx.len() / hidden_dim);
-            for c in 0..chunk_starts.len() {
+            for (c, strip) in strips.iter().enumerate() {
                 let cols = chunk_cols(c);
-                let g = MatRef::new(&strips[c][..], i0 * cols, m, cols, cols, 1)?;
+                let g = MatRef::new(&strip[..], i0 * cols, m, cols, cols, 1)?;
                 let beta = if c == 0 { F::ZERO } else { F::ONE };
                 let out = MatMut::new(&mut gx[..], 0, m, hidden_dim, hidden_dim)?;
                 <F as TileGemm<W>>::gemm(F::ONE, g, weight_chunk(c, false)?, beta, out);
