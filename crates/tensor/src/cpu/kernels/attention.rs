@@ -21,6 +21,10 @@
 //! (batch, kv head), which owns the dK and dV of that kv head and the dQ of its query heads, so no two tasks
 //! write the same gradient. Both compute head-major (`[B, H, T, D]`) buffers, which split into disjoint
 //! per-task slices, and transpose to the token-major `[B, T, H, D]` layout once at the end.
+//!
+//! Memory besides inputs and outputs: the head-major copy of each output (same size), `lse` (`B * Hq * T`), one
+//! `128 x 128` score tile per forward task and two per backward task, and the backward's `Delta` (`Hq/Hkv * T`
+//! per task). Nothing grows with `T * S`.
 
 use crate::cpu::gemm::{dgemm, sgemm, GemmInput, MatMut, MatRef};
 use crate::element::{Element, Float};
