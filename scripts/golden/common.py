@@ -5,8 +5,8 @@ read by the Rust tests in tests/. They are committed; anyone can regenerate them
 
     python scripts/golden/<generator>.py          # needs: pip install torch safetensors numpy
 
-Every generator is deterministic (fixed seeds), so rerunning it reproduces the committed files bit for bit on the
-same torch version.
+Every generator is deterministic (fixed seeds): rerunning it on the same torch version reproduces the committed
+tensors bit for bit (the safetensors header may list its metadata keys in another order).
 """
 import os
 
