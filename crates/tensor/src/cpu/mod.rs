@@ -235,26 +235,35 @@ fn ids_to_usize(ids: &CpuStorage, layout: &Layout, size: usize, op: &'static str
         .collect()
 }
 
-fn matmul_typed<A: Element, B: Element>(
+/// Run `gemm_one` for each matrix of a batched product, writing the row-major output matrices one after another.
+fn batched_gemm<A, B, C>(
+    a: &[A],
+    la: &Layout,
+    b: &[B],
+    lb: &Layout,
+    dims: MatmulDims,
+    out: &mut [C],
+    gemm_one: impl Fn(gemm::MatRef<A>, gemm::MatRef<B>, gemm::MatMut<C>),
+) -> Result<()> {
+    let batches = batch_offsets(la, dims.batch)?.into_iter().zip(batch_offsets(lb, dims.batch)?);
+    for ((oa, ob), c) in batches.zip(out.chunks_mut((dims.m * dims.n).max(1))) {
+        let am = gemm::MatRef::new(a, oa, dims.m, dims.k, stride(la, 2), stride(la, 1))?;
+        let bm = gemm::MatRef::new(b, ob, dims.k, dims.n, stride(lb, 2), stride(lb, 1))?;
+        gemm_one(am, bm, gemm::MatMut::new(c, 0, dims.m, dims.n, dims.n)?);
+    }
+    Ok(())
+}
+
+/// f32-accumulating product of any two GEMM input types.
+fn matmul_f32<A: gemm::GemmInput, B: gemm::GemmInput>(
     a: &[A],
     la: &Layout,
     b: &[B],
     lb: &Layout,
     dims: MatmulDims,
     out: &mut [f32],
-) -> Result<()>
-where
-    A: gemm::GemmInput,
-    B: gemm::GemmInput,
-{
-    let batches = batch_offsets(la, dims.batch)?.into_iter().zip(batch_offsets(lb, dims.batch)?);
-    for (i, (oa, ob)) in batches.enumerate() {
-        let am = gemm::MatRef::new(a, oa, dims.m, dims.k, stride(la, 2), stride(la, 1))?;
-        let bm = gemm::MatRef::new(b, ob, dims.k, dims.n, stride(lb, 2), stride(lb, 1))?;
-        let c = gemm::MatMut::new(&mut out[i * dims.m * dims.n..(i + 1) * dims.m * dims.n], 0, dims.m, dims.n, dims.n)?;
-        gemm::sgemm(1.0, am, bm, 0.0, c);
-    }
-    Ok(())
+) -> Result<()> {
+    batched_gemm(a, la, b, lb, dims, out, |x, y, c| gemm::sgemm(1.0, x, y, 0.0, c))
 }
 
 /// Stride of the `from_end`-th dim counted from the end (1 = last).
@@ -351,24 +360,18 @@ impl BackendStorage for CpuStorage {
         let len = dims.batch * dims.m * dims.n;
         if let (S::F64(a), S::F64(b)) = (self, rhs) {
             let mut out = vec![0f64; len];
-            let batches = batch_offsets(layout, dims.batch)?.into_iter().zip(batch_offsets(rl, dims.batch)?);
-            for (i, (oa, ob)) in batches.enumerate() {
-                let am = gemm::MatRef::new(a, oa, dims.m, dims.k, stride(layout, 2), stride(layout, 1))?;
-                let bm = gemm::MatRef::new(b, ob, dims.k, dims.n, stride(rl, 2), stride(rl, 1))?;
-                let c = gemm::MatMut::new(&mut out[i * dims.m * dims.n..(i + 1) * dims.m * dims.n], 0, dims.m, dims.n, dims.n)?;
-                gemm::dgemm(1.0, am, bm, 0.0, c);
-            }
+            batched_gemm(a, layout, b, rl, dims, &mut out, |x, y, c| gemm::dgemm(1.0, x, y, 0.0, c))?;
             return Ok(S::F64(out));
         }
         let mut out = vec![0f32; len];
         match (self, rhs) {
-            (S::F32(a), S::F32(b)) => matmul_typed(a, layout, b, rl, dims, &mut out)?,
-            (S::F32(a), S::BF16(b)) => matmul_typed(a, layout, b, rl, dims, &mut out)?,
-            (S::F32(a), S::F16(b)) => matmul_typed(a, layout, b, rl, dims, &mut out)?,
-            (S::BF16(a), S::BF16(b)) => matmul_typed(a, layout, b, rl, dims, &mut out)?,
-            (S::BF16(a), S::F32(b)) => matmul_typed(a, layout, b, rl, dims, &mut out)?,
-            (S::F16(a), S::F16(b)) => matmul_typed(a, layout, b, rl, dims, &mut out)?,
-            (S::F16(a), S::F32(b)) => matmul_typed(a, layout, b, rl, dims, &mut out)?,
+            (S::F32(a), S::F32(b)) => matmul_f32(a, layout, b, rl, dims, &mut out)?,
+            (S::F32(a), S::BF16(b)) => matmul_f32(a, layout, b, rl, dims, &mut out)?,
+            (S::F32(a), S::F16(b)) => matmul_f32(a, layout, b, rl, dims, &mut out)?,
+            (S::BF16(a), S::BF16(b)) => matmul_f32(a, layout, b, rl, dims, &mut out)?,
+            (S::BF16(a), S::F32(b)) => matmul_f32(a, layout, b, rl, dims, &mut out)?,
+            (S::F16(a), S::F16(b)) => matmul_f32(a, layout, b, rl, dims, &mut out)?,
+            (S::F16(a), S::F32(b)) => matmul_f32(a, layout, b, rl, dims, &mut out)?,
             (a, b) => return Err(Error::DTypeMismatch { op: "matmul", lhs: a.dtype(), rhs: b.dtype() }),
         }
         let out = S::F32(out);
