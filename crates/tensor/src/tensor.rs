@@ -276,9 +276,8 @@ impl Tensor {
                 let cpu = self.contiguous()?;
                 Storage::Cuda(CudaStorage::from_cpu(i, cpu.storage.as_cpu().expect("cpu"))?)
             }
-            (Storage::Cuda(s), Device::Cpu) => {
+            (Storage::Cuda(_), Device::Cpu) => {
                 let t = self.contiguous()?;
-                let _ = s;
                 match &*t.storage {
                     Storage::Cuda(s) => Storage::Cpu(s.to_cpu()?),
                     Storage::Cpu(_) => unreachable!("contiguous keeps the device"),
