@@ -16,7 +16,8 @@
 //! - [`linear_cross_entropy_fused`] takes `hidden [N, H]` and the `weight [V, H]` of the output projection and
 //!   returns the loss with both gradients; see its doc for the algorithm and its memory.
 
-use super::attention::{SoftmaxFloat, TileGemm};
+use super::attention::TileGemm;
+use super::vector_math::SoftmaxFloat;
 use crate::cpu::gemm::{MatMut, MatRef};
 use crate::element::{Element, Float};
 use crate::{bail, Error, Result};

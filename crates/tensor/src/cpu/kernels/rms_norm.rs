@@ -21,6 +21,7 @@
 //! `r` is recomputed in backward rather than saved: it costs one sum of squares per row and keeps the autograd
 //! tape down to the inputs.
 
+use super::vector_math::dot;
 use crate::cpu::PAR_THRESHOLD;
 use crate::element::Float;
 use rayon::prelude::*;
@@ -28,22 +29,6 @@ use rayon::prelude::*;
 /// The weight gradient is summed over rows in this many fixed blocks (partial sums added in block order), so the
 /// result is the same for any thread count and the partial buffers stay small (`blocks * H` elements).
 const GRAD_WEIGHT_BLOCKS: usize = 64;
-
-/// Sum of `a_i * b_i` with eight independent accumulators: the compiler keeps them in one SIMD register,
-/// where a single running sum would serialise on the add latency (and cannot be reordered for floats).
-#[inline]
-pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let (a_chunks, a_tail) = a.as_chunks::<8>();
-    let (b_chunks, b_tail) = b.as_chunks::<8>();
-    let mut lanes = [T::ZERO; 8];
-    for (ca, cb) in a_chunks.iter().zip(b_chunks) {
-        for k in 0..8 {
-            lanes[k] += ca[k] * cb[k];
-        }
-    }
-    let tail: T = a_tail.iter().zip(b_tail).map(|(&x, &y)| x * y).sum();
-    lanes.iter().copied().sum::<T>() + tail
-}
 
 /// `1 / sqrt(mean(x^2) + eps)` for one row.
 #[inline]

@@ -141,16 +141,21 @@ mod tests {
         (normal(1, positions.len() * heads * head_dim), positions, head_dim, heads)
     }
 
+    /// `rope_forward` with tables for `table_positions` positions (theta 10000) against `reference`.
+    fn assert_forward_matches_reference(x: &[f64], positions: &[usize], head_dim: usize, scaling: f64, table_positions: usize, tol: f64) {
+        let inv_freq: Vec<f64> = (0..head_dim / 2).map(|i| 10_000f64.powf(-((2 * i) as f64) / head_dim as f64)).collect();
+        let (cos, sin) = cos_sin_tables::<f64>(&inv_freq, scaling, table_positions);
+        let mut out = vec![0.0; x.len()];
+        rope_forward(x, &cos, &sin, positions, head_dim, &mut out);
+        for (a, b) in out.iter().zip(reference(x, &inv_freq, scaling, positions, head_dim)) {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
     #[test]
     fn forward_matches_reference() {
         let (x, positions, head_dim, _) = setup();
-        let inv_freq: Vec<f64> = (0..head_dim / 2).map(|i| 10_000f64.powf(-((2 * i) as f64) / head_dim as f64)).collect();
-        let (cos, sin) = cos_sin_tables::<f64>(&inv_freq, 1.3, 8);
-        let mut out = vec![0.0; x.len()];
-        rope_forward(&x, &cos, &sin, &positions, head_dim, &mut out);
-        for (a, b) in out.iter().zip(reference(&x, &inv_freq, 1.3, &positions, head_dim)) {
-            assert!((a - b).abs() <= 1e-14 * (1.0 + b.abs()), "{a} vs {b}");
-        }
+        assert_forward_matches_reference(&x, &positions, head_dim, 1.3, 8, 1e-14);
     }
 
     /// RoPE is linear in x, so central differences are exact up to rounding (~1e-10 at step 1e-6): tolerance 1e-8.
@@ -182,12 +187,6 @@ mod tests {
         let (head_dim, heads, rows) = (64, 8, 80); // 40_960 elements: over PAR_THRESHOLD
         let x = normal(3, rows * heads * head_dim);
         let positions: Vec<usize> = (0..rows).map(|r| r % 37).collect();
-        let inv_freq: Vec<f64> = (0..head_dim / 2).map(|i| 10_000f64.powf(-((2 * i) as f64) / head_dim as f64)).collect();
-        let (cos, sin) = cos_sin_tables::<f64>(&inv_freq, 1.0, 37);
-        let mut out = vec![0.0; x.len()];
-        rope_forward(&x, &cos, &sin, &positions, head_dim, &mut out);
-        for (a, b) in out.iter().zip(reference(&x, &inv_freq, 1.0, &positions, head_dim)) {
-            assert!((a - b).abs() <= 1e-13 * (1.0 + b.abs()), "{a} vs {b}");
-        }
+        assert_forward_matches_reference(&x, &positions, head_dim, 1.0, 37, 1e-13);
     }
 }

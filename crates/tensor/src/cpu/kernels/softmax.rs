@@ -22,68 +22,10 @@
 //! Both backwards need only the forward output, which is what the autograd tape keeps.
 //! A row of all `-inf` gives NaN, as in PyTorch (callers that mask whole rows handle them before calling).
 
-use super::rms_norm::dot;
+use super::vector_math::{dot, fast_exp, reduce_in_lanes, sum};
 use crate::cpu::PAR_THRESHOLD;
 use crate::element::Float;
-use crate::DType;
 use rayon::prelude::*;
-
-/// e^x for the kernels' inner loops (softmax, SwiGLU's sigmoid).
-///
-/// f32: a branch-free Cephes-style `expf` that LLVM vectorises (libm's `expf` is one scalar call per element,
-/// and dominates softmax and SwiGLU). Error within 2 ulp over the whole range (see the tests); returns 0 below
-/// -87.34 (where e^x leaves the normal range; torch would return a denormal there) and saturates at
-/// e^88 = 1.65e38 above 88, where torch returns up to 3.4e38 or inf. f64, the reference path, uses libm.
-#[inline(always)]
-pub(crate) fn fast_exp<T: Float>(x: T) -> T {
-    if T::DTYPE == DType::F32 {
-        T::from_f32(exp_f32(x.to_f32()))
-    } else {
-        x.exp()
-    }
-}
-
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LOWEST: f32 = -87.336_55; // ln(2^-126), the smallest normal
-    // Adding 1.5 * 2^23 rounds to the nearest integer n and leaves n in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    // ln 2 = LN2_HI + LN2_LO with LN2_HI short enough that n * LN2_HI is exact (Cody-Waite reduction).
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = x.clamp(LOWEST, 88.0);
-    let t = clamped * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = clamped - n * LN2_HI - n * LN2_LO; // |r| <= ln(2) / 2
-    // Cephes expf minimax polynomial for e^r.
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let e_r = p * r * r + r + 1.0;
-    // 2^n built in the exponent field: t's bits are (bits of 1.5 * 2^23) + n, whose high part shifts out.
-    let two_to_n = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
-    if x < LOWEST {
-        0.0
-    } else {
-        e_r * two_to_n
-    }
-}
-
-/// Sum with eight independent accumulators (vectorisable; a single running float sum is not).
-#[inline]
-fn sum<T: Float>(a: &[T]) -> T {
-    let (chunks, tail) = a.as_chunks::<8>();
-    let mut lanes = [T::ZERO; 8];
-    for c in chunks {
-        for k in 0..8 {
-            lanes[k] += c[k];
-        }
-    }
-    lanes.iter().copied().sum::<T>() + tail.iter().copied().sum::<T>()
-}
 
 /// Apply `f(out_row, in_row)` to every row, over rayon when the tensor is large.
 fn for_each_row<T: Float>(input: &[T], cols: usize, out: &mut [T], f: impl Fn(&mut [T], &[T]) + Sync) {
@@ -105,16 +47,10 @@ fn for_each_row2<T: Float>(a: &[T], b: &[T], cols: usize, out: &mut [T], f: impl
     }
 }
 
+/// Max of a row, in eight lanes so it vectorises (`-inf` for an empty row).
 #[inline]
 fn row_max<T: Float>(row: &[T]) -> T {
-    let (chunks, tail) = row.as_chunks::<8>();
-    let mut lanes = [T::NEG_INFINITY; 8];
-    for c in chunks {
-        for k in 0..8 {
-            lanes[k] = lanes[k].max(c[k]);
-        }
-    }
-    tail.iter().chain(&lanes).fold(T::NEG_INFINITY, |m, &v| m.max(v))
+    reduce_in_lanes::<T, 8>(row, T::NEG_INFINITY, T::max)
 }
 
 /// Softmax of every `cols`-long row of `x`.
@@ -193,22 +129,6 @@ mod tests {
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
             assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}[{i}]: {a} vs {b}");
         }
-    }
-
-    #[test]
-    fn fast_exp_f32_is_within_two_ulp() {
-        let mut worst = 0f64;
-        for i in 0..=1_000_000 {
-            let x = -87.3 + 175.3 * i as f64 / 1e6;
-            let (got, want) = (exp_f32(x as f32) as f64, (x as f32 as f64).exp());
-            worst = worst.max((got - want).abs() / want);
-        }
-        // One f32 ulp is 2^-23 = 1.19e-7 relative at worst.
-        assert!(worst < 2.0 * 1.19e-7, "worst relative error {worst}");
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(-100.0), 0.0);
-        assert!(exp_f32(f32::NAN).is_nan());
-        assert_eq!(exp_f32(0.0), 1.0);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Forward and backward are one pass each over the inputs (the unfused version reads `gate` three times and
 //! writes two temporaries).
 
-use super::softmax::fast_exp;
+use super::vector_math::fast_exp;
 use crate::cpu::PAR_THRESHOLD;
 use crate::element::Float;
 use rayon::prelude::*;
@@ -20,8 +20,8 @@ use rayon::prelude::*;
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance across cores.
 const CHUNK: usize = 1 << 13;
 
-/// `1 / (1 + e^-a)`. Branch-free so the loops vectorise: for a very negative `a`, `e^-a` saturates (f32) or is
-/// infinite (f64) and the result is 0 or a denormal, as the branchy stable form gives.
+/// `1 / (1 + e^-a)`. Branch-free so the loops vectorise: for a very negative `a`, `e^-a` overflows to +inf and
+/// the result is 0, where the branchy stable form gives a denormal or 0.
 #[inline(always)]
 fn sigmoid<T: Float>(a: T) -> T {
     T::ONE / (T::ONE + fast_exp(-a))
