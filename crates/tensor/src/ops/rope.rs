@@ -317,8 +317,9 @@ fn apply(op: &'static str, x: &Tensor, table: &RopeTable, positions: &Tensor, in
     to_input_dtype(out, x.dtype())
 }
 
-/// Half-split ("rotate_half", HF Llama/NeoX) layout. x: [B, T, n_heads, head_dim]; positions: [B, T] or [T] (i32 or i64) — positions let packed sequences restart at 0.
-/// out = x*cos + rotate_half(x)*sin, with cos/sin multiplied by attention_scaling as HF does.
+/// Half-split ("rotate_half", HF Llama/NeoX) layout. x: `[B, T, n_heads, head_dim]`; positions: `[B, T]` or
+/// `[T]` (i32 or i64): positions let packed sequences restart at 0.
+/// `out = x*cos + rotate_half(x)*sin`, with cos/sin multiplied by attention_scaling as HF does.
 ///
 /// `[1, T]` positions are accepted too (shared by the batch). Returned in the dtype of `x` (bf16/f16 rotate
 /// in f32 with the f32 tables; f64 evaluates its own f64 tables).
