@@ -10,7 +10,7 @@ use super::pack::PANEL_GROUP;
 use super::InputFormat;
 use std::arch::x86_64::*;
 
-/// Whether this CPU can run [`pack_panel`] (AVX-512F for the arithmetic, BW and VL for the 16-bit masked loads).
+/// Whether this CPU can run [`pack_strip`] (AVX-512F for the arithmetic, BW and VL for the 16-bit masked loads).
 pub(crate) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
@@ -27,7 +27,7 @@ fn mask(lanes: usize) -> __mmask16 {
     }
 }
 
-/// Load `lanes` (< = 16) consecutive source elements at `ptr` as f32, zero in the remaining lanes.
+/// Load `lanes` (at most 16) consecutive source elements at `ptr` as f32, zero in the remaining lanes.
 ///
 /// # Safety
 /// AVX-512F/BW/VL are available and `ptr .. ptr + lanes` is readable (masked-off lanes are never accessed).
@@ -44,7 +44,7 @@ unsafe fn load16(format: InputFormat, ptr: *const u8, lanes: usize) -> __m512 {
                 _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
             }
             InputFormat::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, ptr as *const i16)),
-            // Never passed in: `pack_panel` returns early for formats it cannot load.
+            // Never passed in: `pack_strip` returns early for formats it cannot load.
             InputFormat::Other => _mm512_setzero_ps(),
         }
     }
