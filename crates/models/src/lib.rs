@@ -10,8 +10,15 @@
 
 pub mod config;
 pub mod error;
+pub mod gguf;
+pub mod hub;
+pub mod llama;
+pub mod loader;
+pub mod safetensors;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Context, Error, Result};
+pub use tokenizer::ModelTokenizer;
 pub use weights::{LoadOptions, WeightDType, WeightMap};

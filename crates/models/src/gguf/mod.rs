@@ -1,0 +1,1 @@
+//! GGUF v2/v3 (H1 fills this in).

@@ -1,0 +1,1 @@
+//! Hub download (H2 fills this in).

@@ -1,0 +1,1 @@
+//! Llama-family model (H3 fills this in).

@@ -1,0 +1,1 @@
+//! safetensors (H2 fills this in).
