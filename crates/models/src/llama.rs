@@ -1,1 +1,0 @@
-//! Llama-family model (H3 fills this in).
