@@ -22,6 +22,11 @@ tests/golden/smollm2_forward.safetensors (f32 model, eager attention, no dropout
                                   Q/K un-permutation; embed/down_proj/norm cover Q8_0, Q4_1 and F32 tensors)
     metadata: "chat_prompt" (the rendered text), "rows" (the slice length), "source" (GGUF file name + sha256)
 
+tests/golden/smollm2_ggml_blocks.safetensors (independent of the model; kept under this script's smollm2_ prefix)
+    blocks.<TYPE>  u8  [4 * bytes per block]  random block bytes, with every f16 scale field set to a finite value
+    values.<TYPE>  f32 [4 * weights per block] gguf-py's `gguf.quants.dequantize` of those bytes
+    for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q4_K Q5_K Q6_K; `--blocks-only` writes just this file (no torch model needed).
+
 Also saves the converted HF folder (save_pretrained, f32 safetensors + tokenizer.json) to
 .cache/models/SmolLM2-135M-Instruct-hf/ for local tests of the safetensors path; it is not committed.
 """
@@ -30,6 +35,7 @@ import hashlib
 import json
 import os
 import pathlib
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -78,7 +84,38 @@ WEIGHT_ROWS = [
 ]
 
 
+# (type, byte offsets of its f16 scale fields) in ggml-common.h's block structs.
+BLOCK_TYPES = [
+    ("Q4_0", [0]), ("Q4_1", [0, 2]), ("Q5_0", [0]), ("Q5_1", [0, 2]), ("Q8_0", [0]),
+    ("Q2_K", [80, 82]), ("Q4_K", [0, 2]), ("Q5_K", [0, 2]), ("Q6_K", [208]),
+]
+
+
+def write_blocks():
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    rng = np.random.default_rng(20260101)
+    tensors = {}
+    for name, scale_fields in BLOCK_TYPES:
+        qtype = GGMLQuantizationType[name]
+        block, size = GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(4, size), dtype=np.uint8)
+        for at in scale_fields:
+            scales = rng.uniform(-0.1, 0.1, size=4).astype(np.float16)
+            raw[:, at:at + 2] = scales.view(np.uint8).reshape(4, 2)
+        values = dequantize(raw.reshape(-1), qtype).reshape(-1).astype(np.float32)
+        assert values.size == 4 * block and np.isfinite(values).all()
+        tensors[f"blocks.{name}"] = torch.from_numpy(raw.reshape(-1).copy())
+        tensors[f"values.{name}"] = torch.from_numpy(values.copy())
+    save_file(tensors, GOLDEN / "smollm2_ggml_blocks.safetensors", metadata={"source": "gguf-py gguf.quants.dequantize"})
+
+
 def main():
+    write_blocks()
+    if "--blocks-only" in sys.argv:
+        return
     sha = hashlib.sha256(GGUF.read_bytes()).hexdigest()
     tok = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
     ids = [tok(s, add_special_tokens=False)["input_ids"] for s in STRINGS]
