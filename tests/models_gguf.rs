@@ -366,6 +366,70 @@ fn bf16_weights_and_qwen2_is_not_unpermuted() {
     std::fs::remove_file(&path).ok();
 }
 
+/// Llama 3.1-style files carry `rope_freqs.weight` instead of scaling parameters; the loader recovers them.
+#[test]
+fn llama3_rope_freqs_become_llama3_scaling() {
+    use ferrotune_tensor::ops::rope::RopeScaling;
+    // convert_hf_to_gguf.py's rope factors for factor 8, low 1, high 4, original 8192 (theta 5e4, head_dim 16).
+    let (factor, low, high, l) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+    let freqs: Vec<f32> = (0..HEAD_DIM / 2)
+        .map(|i| {
+            let wavelen = 2.0 * std::f64::consts::PI * 50000f64.powf(2.0 * i as f64 / HEAD_DIM as f64);
+            if wavelen < l / high {
+                1.0
+            } else if wavelen > l / low {
+                factor as f32
+            } else {
+                let smooth = (l / wavelen - low) / (high - low);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect();
+    assert!(freqs.iter().any(|&f| f > 1.0 && f < 8.0), "the test covers the smooth band: {freqs:?}");
+    let tiny = tiny_model(3, &[]);
+    let mut meta = reader::parse(&tiny.bytes).unwrap();
+    // Rebuild the file with one more tensor.
+    let mut kvs = tiny_kvs();
+    for (k, v) in kvs.iter_mut() {
+        if *k == "llama.rope.freq_base" {
+            *v = GgufValue::F32(50000.0);
+        }
+    }
+    let file = gguf::GgufFile::open(&temp_file(&tiny.bytes)).unwrap();
+    let mut tensors: Vec<TensorSpec> = meta
+        .tensors
+        .drain(..)
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dims: t.shape.iter().rev().map(|&d| d as u64).collect(),
+            ty: t.ggml_type.id(),
+            data: file.tensor_bytes(&t).unwrap().to_vec(),
+            offset: None,
+        })
+        .collect();
+    std::fs::remove_file(&file.path).ok();
+    tensors.push(tensor("rope_freqs.weight", &[(HEAD_DIM / 2) as u64], GgmlType::F32, f32_bytes(&freqs)));
+    let path = temp_file(&gguf_bytes(3, &kvs, &tensors));
+    let m = gguf::load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        m.config.rope_scaling,
+        RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 }
+    );
+    assert!(!m.weights.contains("rope_freqs.weight"), "derived data is not a weight");
+    let meta = gguf::inspect(&path).unwrap();
+    assert!(gguf::config::model_config(&meta).unwrap_err().to_string().contains("rope_freqs"));
+    std::fs::remove_file(&path).ok();
+
+    // Factors that are not Llama 3.1's are refused, not guessed.
+    let mut odd = freqs.clone();
+    odd[HEAD_DIM / 2 - 1] = 3.0;
+    tensors.pop();
+    tensors.push(tensor("rope_freqs.weight", &[(HEAD_DIM / 2) as u64], GgmlType::F32, f32_bytes(&odd)));
+    let path = temp_file(&gguf_bytes(3, &kvs, &tensors));
+    assert!(gguf::load(&path, &LoadOptions::default()).unwrap_err().to_string().contains("rope_freqs.weight"));
+    std::fs::remove_file(&path).ok();
+}
+
 #[test]
 fn metadata_value_types_round_trip_with_nested_arrays_and_alignment() {
     let nested = GgufValue::Array(

@@ -20,8 +20,9 @@
 //! output.weight absent                     tie_word_embeddings
 //! ```
 
-use super::reader::{GgufMetadata, GgufValue};
-use crate::{bail, Architecture, Error, ModelConfig, Result};
+use super::dequant::dequantize;
+use super::reader::{GgufFile, GgufMetadata, GgufValue};
+use crate::{bail, Architecture, Context, Error, ModelConfig, Result};
 use ferrotune_tensor::ops::rope::RopeScaling;
 
 /// The architecture, and whether the converter permuted q/k rows into ggml's interleaved RoPE order.
@@ -107,8 +108,24 @@ impl Keys<'_> {
     }
 }
 
-/// Build and validate the `ModelConfig` a GGUF file describes.
+/// Build and validate the `ModelConfig` from metadata alone. Files with a `rope_freqs.weight` tensor (Llama 3.1+)
+/// need its data: use [`model_config_from_file`].
 pub fn model_config(meta: &GgufMetadata) -> Result<ModelConfig> {
+    build(meta, None)
+}
+
+/// Build and validate the `ModelConfig`, reading `rope_freqs.weight` when the file has one.
+pub fn model_config_from_file(file: &GgufFile) -> Result<ModelConfig> {
+    let freqs = match file.metadata.tensor("rope_freqs.weight") {
+        None => None,
+        Some(info) => Some(
+            dequantize::<f32>(info.ggml_type, file.tensor_bytes(info)?).context("cannot read tensor \"rope_freqs.weight\"")?,
+        ),
+    };
+    build(&file.metadata, freqs.as_deref())
+}
+
+fn build(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Result<ModelConfig> {
     let (architecture, _) = architecture(meta)?;
     let arch = meta.architecture().unwrap_or("llama");
     let k = Keys { meta, arch };
@@ -148,15 +165,14 @@ pub fn model_config(meta: &GgufMetadata) -> Result<ModelConfig> {
 
     let rope_theta = k.opt_f64(&k.key("rope.freq_base"))?.unwrap_or(10_000.0);
     let rope_scaling = rope_scaling(&k, max_position_embeddings)?;
-    if meta.tensor("rope_freqs.weight").is_some() && rope_scaling == RopeScaling::None {
-        // Llama 3.1+ files precompute the llama3 frequency factors into this tensor instead of writing the
-        // parameters; guessing them would silently change the model.
-        bail!(
-            "the file carries rope_freqs.weight (Llama 3.1-style RoPE scaling) without rope.scaling.* parameters; \
-             ferrotune cannot recover the llama3 scaling parameters from GGUF. Load the HF checkpoint instead"
-        );
-    }
-
+    let rope_scaling = match (meta.tensor("rope_freqs.weight"), rope_freqs, &rope_scaling) {
+        (None, _, _) | (Some(_), _, RopeScaling::Linear { .. } | RopeScaling::Yarn { .. }) => rope_scaling,
+        (Some(_), Some(freqs), _) => llama3_from_rope_freqs(freqs, head_dim, rope_theta)?,
+        (Some(_), None, _) => bail!(
+            "the file carries rope_freqs.weight (Llama 3.1-style RoPE scaling): reading the config needs that \
+             tensor's data (gguf::config::model_config_from_file or gguf::load)"
+        ),
+    };
     let eps = k.opt_f64(&k.key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6);
     let sliding_window = match architecture {
         Architecture::Mistral => k.opt_usize(&k.key("attention.sliding_window"))?,
@@ -221,4 +237,49 @@ fn rope_scaling(k: &Keys, max_position_embeddings: usize) -> Result<RopeScaling>
         },
         Some(other) => bail!("metadata key {:?} = {other:?} is not supported (none, linear, yarn)", k.key("rope.scaling.type")),
     })
+}
+
+/// Recover Llama 3.1's RoPE scaling from the `rope_freqs.weight` llama.cpp's converter writes instead of the
+/// parameters. The converter stores, per rotary frequency `f_i = theta^(-2i/d)` with wavelength `w = 2 pi / f_i`,
+/// the divisor
+///
+/// ```text
+/// w < L / high            ->  1
+/// w > L / low             ->  factor
+/// otherwise, s = (L / w - low) / (high - low)  ->  1 / ((1 - s) / factor + s)
+/// ```
+///
+/// with `L = original_max_position_embeddings`. `factor` is the largest divisor; `low`, `high` and `L` are not
+/// recoverable in closed form, so the values every Llama 3.x release uses (1, 4, 8192) are checked against the
+/// whole tensor, and anything else is refused rather than guessed.
+fn llama3_from_rope_freqs(freqs: &[f32], head_dim: usize, theta: f64) -> Result<RopeScaling> {
+    if freqs.len() != head_dim / 2 {
+        bail!("rope_freqs.weight has {} values; head_dim {head_dim} needs {}", freqs.len(), head_dim / 2);
+    }
+    if freqs.iter().all(|&f| f == 1.0) {
+        return Ok(RopeScaling::None);
+    }
+    let factor = freqs.iter().fold(f32::MIN, |m, &f| m.max(f)) as f64;
+    let (low, high, original) = (1.0f64, 4.0f64, 8192usize);
+    let l = original as f64;
+    let matches = freqs.iter().enumerate().all(|(i, &got)| {
+        let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+        let wavelen = 2.0 * std::f64::consts::PI / freq;
+        let want = if wavelen < l / high {
+            1.0
+        } else if wavelen > l / low {
+            factor
+        } else {
+            let smooth = (l / wavelen - low) / (high - low);
+            1.0 / ((1.0 - smooth) / factor + smooth)
+        };
+        (got as f64 - want).abs() <= 1e-4 * want.abs()
+    });
+    if !(factor.is_finite() && factor >= 1.0 && matches) {
+        bail!(
+            "rope_freqs.weight does not match Llama 3.1 RoPE scaling with low_freq_factor 1, high_freq_factor 4, \
+             original_max_position_embeddings 8192 (factor {factor}); load the HF checkpoint instead"
+        );
+    }
+    Ok(RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: original })
 }

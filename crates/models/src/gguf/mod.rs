@@ -43,7 +43,7 @@ pub fn inspect(path: &Path) -> Result<GgufMetadata> {
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<GgufModel> {
     let file = GgufFile::open(path)?;
     let where_ = path.display().to_string();
-    let config = config::model_config(&file.metadata).with_context(|| where_.clone())?;
+    let config = config::model_config_from_file(&file).with_context(|| where_.clone())?;
     let tokenizer = tokenizer::model_tokenizer(&file.metadata).with_context(|| where_.clone())?;
     let weights = load_weights(&file, &config, opts)?;
     let GgufFile { metadata, .. } = file;
