@@ -306,8 +306,14 @@ fn tiny_llama_loads_with_hf_names_shapes_and_unpermuted_qk() {
         std::fs::remove_file(&path).ok();
         let c = &m.config;
         assert_eq!(c.architecture, Architecture::Llama);
-        assert_eq!((c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim), (H, HEADS, KV_HEADS, HEAD_DIM));
-        assert_eq!((c.vocab_size, c.num_hidden_layers, c.intermediate_size, c.max_position_embeddings), (VOCAB, 1, H, 64));
+        assert_eq!(
+            (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+            (H, HEADS, KV_HEADS, HEAD_DIM)
+        );
+        assert_eq!(
+            (c.vocab_size, c.num_hidden_layers, c.intermediate_size, c.max_position_embeddings),
+            (VOCAB, 1, H, 64)
+        );
         assert!(c.tie_word_embeddings);
         assert_eq!(c.rope_theta, 100000.0);
         assert_eq!(c.bos_token_id, Some(3));
@@ -413,7 +419,12 @@ fn llama3_rope_freqs_become_llama3_scaling() {
     let m = gguf::load(&path, &LoadOptions::default()).unwrap();
     assert_eq!(
         m.config.rope_scaling,
-        RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 }
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192
+        }
     );
     assert!(!m.weights.contains("rope_freqs.weight"), "derived data is not a weight");
     let meta = gguf::inspect(&path).unwrap();
@@ -481,7 +492,8 @@ fn metadata_value_types_round_trip_with_nested_arrays_and_alignment() {
 #[test]
 fn every_block_format_matches_gguf_py() {
     let path = common::golden_path("smollm2_ggml_blocks");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/golden/smollm2.py --blocks-only", path.display()));
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/golden/smollm2.py --blocks-only", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let types = [
         GgmlType::Q4_0,
@@ -626,7 +638,9 @@ fn hostile_headers_are_errors_that_say_why() {
 #[test]
 fn hostile_alignment_and_tensor_infos_are_errors() {
     let one = || tensor("t", &[32], GgmlType::F32, vec![0; 128]);
-    for bad in [GgufValue::U32(0), GgufValue::U32(3), GgufValue::U32(48), GgufValue::String("32".into()), GgufValue::U64(32)] {
+    for bad in
+        [GgufValue::U32(0), GgufValue::U32(3), GgufValue::U32(48), GgufValue::String("32".into()), GgufValue::U64(32)]
+    {
         let b = gguf_bytes(3, &[("general.alignment", bad.clone())], &[one()]);
         assert!(parse_err(&b).contains("general.alignment"), "{bad:?}");
     }
@@ -650,7 +664,11 @@ fn hostile_alignment_and_tensor_infos_are_errors() {
     let overlapping = gguf_bytes(
         3,
         &[],
-        &[one(), TensorSpec { name: "u".into(), offset: Some(96), ..one() }, TensorSpec { name: "v".into(), offset: Some(256), ..one() }],
+        &[
+            one(),
+            TensorSpec { name: "u".into(), offset: Some(96), ..one() },
+            TensorSpec { name: "v".into(), offset: Some(256), ..one() },
+        ],
     );
     let e = parse_err(&overlapping);
     assert!(e.contains("\"t\"") && e.contains("\"u\"") && e.contains("overlap"), "{e}");
@@ -670,7 +688,10 @@ fn hostile_model_metadata_is_an_error_naming_the_key() {
     // Later keys can't override earlier ones (duplicates are refused), so give alternative keys.
     check(&[("tokenizer.ggml.padding_token_id", GgufValue::U32(99))], "tokenizer.ggml.padding_token_id");
     check(&[("llama.rope.scaling.type", s("su"))], "rope.scaling.type");
-    check(&[("tokenizer.ggml.scores", GgufValue::Array(GgufValueType::F32, vec![GgufValue::F32(0.0)]))], "tokenizer.ggml.scores");
+    check(
+        &[("tokenizer.ggml.scores", GgufValue::Array(GgufValueType::F32, vec![GgufValue::F32(0.0)]))],
+        "tokenizer.ggml.scores",
+    );
     check(&[("llama.attention.key_length", GgufValue::U32(8))], "rope.dimension_count");
 
     let mut kvs = tiny_kvs();
@@ -712,7 +733,10 @@ fn sentencepiece_vocabulary_merges_from_scores_and_byte_fallback() {
     ]);
     let meta = reader::parse(&gguf_bytes(3, &kvs, &[])).unwrap();
     let t = gguf::tokenizer::model_tokenizer(&meta).unwrap();
-    assert_eq!((t.bos_token.as_deref(), t.eos_token.as_deref(), t.unk_token.as_deref()), (Some("<s>"), Some("</s>"), Some("<unk>")));
+    assert_eq!(
+        (t.bos_token.as_deref(), t.eos_token.as_deref(), t.unk_token.as_deref()),
+        (Some("<s>"), Some("</s>"), Some("<unk>"))
+    );
     let enc = |s: &str, special: bool| t.tokenizer.encode(s, special).unwrap().get_ids().to_vec();
     // "ab" -> "▁ab": ▁ab (score -0.5) is reachable through ▁ + ab or ▁a + b; BOS added by default for SentencePiece.
     assert_eq!(enc("ab", true), vec![1, 8]);
@@ -727,13 +751,16 @@ fn sentencepiece_vocabulary_merges_from_scores_and_byte_fallback() {
 // ---------------------------------------------------------------------------------------------------------------
 
 fn smollm2_path() -> Option<PathBuf> {
-    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     if path.is_file() {
         return Some(path);
     }
-    let msg = format!("SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh (or set FERROTUNE_SMOLLM2_GGUF)", path.display());
+    let msg = format!(
+        "SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh (or set FERROTUNE_SMOLLM2_GGUF)",
+        path.display()
+    );
     if std::env::var("FERROTUNE_REQUIRE_MODELS").as_deref() == Ok("1") {
         panic!("{msg} (FERROTUNE_REQUIRE_MODELS=1)");
     }
@@ -788,7 +815,9 @@ fn smollm2_tokenizer_matches_transformers() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/smollm2_tokenizer.json");
     let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let t = &m.tokenizer;
-    let ids_of = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let ids_of = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
     let strings = golden["strings"].as_array().unwrap();
     for (s, want) in strings.iter().zip(golden["ids"].as_array().unwrap()) {
         let s = s.as_str().unwrap();
@@ -800,7 +829,10 @@ fn smollm2_tokenizer_matches_transformers() {
     assert_eq!(t.tokenizer.encode(prompt, false).unwrap().get_ids(), ids_of(&golden["chat_ids"]).as_slice());
     // SmolLM2 says add_bos_token = false: add_special_tokens must not change the ids.
     assert_eq!(t.tokenizer.encode(prompt, true).unwrap().get_ids(), ids_of(&golden["chat_ids"]).as_slice());
-    assert_eq!((t.bos_token.as_deref(), t.eos_token.as_deref(), t.pad_token.as_deref()), (Some("<|im_start|>"), Some("<|im_end|>"), Some("<|im_end|>")));
+    assert_eq!(
+        (t.bos_token.as_deref(), t.eos_token.as_deref(), t.pad_token.as_deref()),
+        (Some("<|im_start|>"), Some("<|im_end|>"), Some("<|im_end|>"))
+    );
     assert_eq!(t.add_bos_token, Some(false));
     assert!(t.chat_template.as_deref().unwrap().contains("<|im_start|>"));
     assert_eq!(t.tokenizer.get_vocab_size(true), 49152);
@@ -812,7 +844,8 @@ fn smollm2_weights_have_hf_names_shapes_and_transformers_values() {
     let c = &m.config;
     let w = &m.weights;
     let (h, i, kv) = (c.hidden_size, c.intermediate_size, c.num_key_value_heads * c.head_dim);
-    let mut expected = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
+    let mut expected =
+        vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         expected.extend([

@@ -59,10 +59,9 @@ impl Keys<'_> {
     fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.meta.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| Error::msg(format!("metadata key {key:?} must be a non-negative integer, got {} {v}", v.type_name()))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                Error::msg(format!("metadata key {key:?} must be a non-negative integer, got {} {v}", v.type_name()))
+            }),
         }
     }
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -76,7 +75,8 @@ impl Keys<'_> {
             .transpose()
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| Error::msg(format!("metadata key {key:?} is missing; the file does not describe the model")))
+        self.opt_usize(key)?
+            .ok_or_else(|| Error::msg(format!("metadata key {key:?} is missing; the file does not describe the model")))
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.meta.get(key) {
@@ -90,7 +90,10 @@ impl Keys<'_> {
     fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.meta.get(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| Error::msg(format!("metadata key {key:?} must be a string, got {}", v.type_name()))),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| Error::msg(format!("metadata key {key:?} must be a string, got {}", v.type_name()))),
         }
     }
     /// `head_count_kv` may be written per layer as an array; ferrotune needs one value for all layers.
@@ -100,7 +103,9 @@ impl Keys<'_> {
                 let values: Option<Vec<u64>> = items.iter().map(GgufValue::as_u64).collect();
                 match values.as_deref() {
                     Some([first, rest @ ..]) if rest.iter().all(|v| v == first) => Ok(usize::try_from(*first).ok()),
-                    _ => bail!("metadata key {key:?} differs between layers (or is not integers); ferrotune needs one value"),
+                    _ => bail!(
+                        "metadata key {key:?} differs between layers (or is not integers); ferrotune needs one value"
+                    ),
                 }
             }
             _ => self.opt_usize(key),
@@ -119,7 +124,8 @@ pub fn model_config_from_file(file: &GgufFile) -> Result<ModelConfig> {
     let freqs = match file.metadata.tensor("rope_freqs.weight") {
         None => None,
         Some(info) => Some(
-            dequantize::<f32>(info.ggml_type, file.tensor_bytes(info)?).context("cannot read tensor \"rope_freqs.weight\"")?,
+            dequantize::<f32>(info.ggml_type, file.tensor_bytes(info)?)
+                .context("cannot read tensor \"rope_freqs.weight\"")?,
         ),
     };
     build(&file.metadata, freqs.as_deref())
@@ -132,7 +138,10 @@ fn build(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Result<ModelConfig>
 
     let hidden_size = k.usize(&k.key("embedding_length"))?;
     let num_attention_heads = k.per_layer_usize(&k.key("attention.head_count"))?.ok_or_else(|| {
-        Error::msg(format!("metadata key {:?} is missing; the file does not describe the model", k.key("attention.head_count")))
+        Error::msg(format!(
+            "metadata key {:?} is missing; the file does not describe the model",
+            k.key("attention.head_count")
+        ))
     })?;
     let num_key_value_heads = k.per_layer_usize(&k.key("attention.head_count_kv"))?.unwrap_or(num_attention_heads);
     if hidden_size == 0 || num_attention_heads == 0 || num_key_value_heads == 0 {
@@ -160,7 +169,9 @@ fn build(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Result<ModelConfig>
         (Some(v), _, _) => v,
         (None, Some(rows), _) => rows,
         (None, None, Some(n)) => n,
-        (None, None, None) => bail!("cannot tell the vocabulary size: no {:?}, no token_embd.weight, no token list", k.key("vocab_size")),
+        (None, None, None) => {
+            bail!("cannot tell the vocabulary size: no {:?}, no token_embd.weight, no token list", k.key("vocab_size"))
+        }
     };
 
     let rope_theta = k.opt_f64(&k.key("rope.freq_base"))?.unwrap_or(10_000.0);
@@ -184,7 +195,10 @@ fn build(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Result<ModelConfig>
         vocab_size,
         hidden_size,
         intermediate_size: k.per_layer_usize(&k.key("feed_forward_length"))?.ok_or_else(|| {
-            Error::msg(format!("metadata key {:?} is missing; the file does not describe the model", k.key("feed_forward_length")))
+            Error::msg(format!(
+                "metadata key {:?} is missing; the file does not describe the model",
+                k.key("feed_forward_length")
+            ))
         })?,
         num_hidden_layers: k.usize(&k.key("block_count"))?,
         num_attention_heads,
@@ -196,7 +210,8 @@ fn build(meta: &GgufMetadata, rope_freqs: Option<&[f32]>) -> Result<ModelConfig>
         rope_scaling,
         tie_word_embeddings: !has("output.weight"),
         // Qwen2's q/k/v biases come with the architecture; a Llama file states its own by carrying the tensors.
-        attention_bias: architecture != Architecture::Qwen2 && (has("blk.0.attn_q.bias") || has("blk.0.attn_output.bias")),
+        attention_bias: architecture != Architecture::Qwen2
+            && (has("blk.0.attn_q.bias") || has("blk.0.attn_output.bias")),
         mlp_bias: has("blk.0.ffn_gate.bias") || has("blk.0.ffn_down.bias"),
         sliding_window,
         bos_token_id: k.opt_token("tokenizer.ggml.bos_token_id")?,
@@ -235,7 +250,9 @@ fn rope_scaling(k: &Keys, max_position_embeddings: usize) -> Result<RopeScaling>
             mscale_all_dim: None,
             attention_factor: None,
         },
-        Some(other) => bail!("metadata key {:?} = {other:?} is not supported (none, linear, yarn)", k.key("rope.scaling.type")),
+        Some(other) => {
+            bail!("metadata key {:?} = {other:?} is not supported (none, linear, yarn)", k.key("rope.scaling.type"))
+        }
     })
 }
 
@@ -281,5 +298,10 @@ fn llama3_from_rope_freqs(freqs: &[f32], head_dim: usize, theta: f64) -> Result<
              original_max_position_embeddings 8192 (factor {factor}); load the HF checkpoint instead"
         );
     }
-    Ok(RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: original })
+    Ok(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: original,
+    })
 }

@@ -368,8 +368,8 @@ mod tests {
         let mut b = h(0.125).to_vec();
         b.extend((0..32).map(|j: i32| ((j - 16) * 8) as i8 as u8));
         let y: Vec<f32> = dequantize(GgmlType::Q8_0, &b).unwrap();
-        for j in 0..32 {
-            assert_eq!(y[j], ((j as i32 - 16) * 8) as f32 * 0.125);
+        for (j, &v) in y.iter().enumerate() {
+            assert_eq!(v, ((j as i32 - 16) * 8) as f32 * 0.125);
         }
     }
 
@@ -437,10 +437,10 @@ mod tests {
         let y: Vec<f32> = dequantize(GgmlType::Q6_K, &b).unwrap();
         // Weight i of the 256: half n = i / 128, within it quarter k = (i % 128) / 32, l = i % 32,
         // scale index 8n + 2k + l / 16.
-        for i in 0..256 {
+        for (i, &v) in y.iter().enumerate() {
             let (n, k, l) = (i / 128, (i % 128) / 32, i % 32);
             let s = (8 * n + 2 * k + l / 16) as f32 - 8.0;
-            assert_eq!(y[i], 0.5 * s * -32.0, "weight {i}");
+            assert_eq!(v, 0.5 * s * -32.0, "weight {i}");
         }
         // One hot quant: ql[32] high nibble = 1 -> weight 96 + 0 gets q4 = 1 - 32.
         let mut b2 = b.clone();
@@ -457,10 +457,10 @@ mod tests {
         b.extend(h(1.0));
         b.extend(h(0.5));
         let y: Vec<f32> = dequantize(GgmlType::Q2_K, &b).unwrap();
-        for i in 0..256 {
+        for (i, &v) in y.iter().enumerate() {
             let group = i / 16;
             let shift_idx = (i % 128) / 32;
-            assert_eq!(y[i], shift_idx as f32 - 0.5 * group as f32, "weight {i}");
+            assert_eq!(v, shift_idx as f32 - 0.5 * group as f32, "weight {i}");
         }
     }
 

@@ -81,7 +81,7 @@ where
     dequant::dequantize_into(info.ggml_type, bytes, &mut values)?;
     if let Some(heads) = permuted_heads {
         let rows = info.shape.first().copied().unwrap_or(1);
-        let cols = if rows == 0 { 0 } else { values.len() / rows };
+        let cols = values.len().checked_div(rows).unwrap_or(0);
         if info.shape.len() > 2 {
             bail!("a q/k projection must be 1-D or 2-D");
         }

@@ -46,7 +46,8 @@ pub fn hf_name(gguf: &str) -> Result<Mapped> {
     if let Some(name) = fixed {
         return Ok(Mapped::Hf(name.to_string()));
     }
-    let unknown = || format!("tensor {gguf:?} is not a Llama-family tensor (expected token_embd, output_norm, output, blk.N.*)");
+    let unknown =
+        || format!("tensor {gguf:?} is not a Llama-family tensor (expected token_embd, output_norm, output, blk.N.*)");
     let Some(rest) = gguf.strip_prefix("blk.") else { bail!("{}", unknown()) };
     let Some((layer, rest)) = rest.split_once('.') else { bail!("{}", unknown()) };
     if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) || layer.len() > 9 {
@@ -135,7 +136,9 @@ mod tests {
         assert_eq!(hf("output_norm.weight"), "model.norm.weight");
         assert_eq!(hf("output.weight"), "lm_head.weight");
         assert_eq!(hf("rope_freqs.weight"), "derived");
-        for bad in ["blk.x.attn_q.weight", "blk.1.attn_qq.weight", "blk.1.attn_q.scale", "pos_embd.weight", "blk..a.weight"] {
+        for bad in
+            ["blk.x.attn_q.weight", "blk.1.attn_qq.weight", "blk.1.attn_q.scale", "pos_embd.weight", "blk..a.weight"]
+        {
             assert!(hf_name(bad).is_err(), "{bad}");
         }
     }
@@ -152,7 +155,8 @@ mod tests {
             for j in 0..head_dim / 2 {
                 for i in 0..2 {
                     for c in 0..cols {
-                        gguf[((h * head_dim + 2 * j + i) * cols) + c] = hf[((h * head_dim + i * head_dim / 2 + j) * cols) + c];
+                        gguf[((h * head_dim + 2 * j + i) * cols) + c] =
+                            hf[((h * head_dim + i * head_dim / 2 + j) * cols) + c];
                     }
                 }
             }

@@ -289,7 +289,11 @@ impl GgufFile {
                 // kernel reads back from the file on the next access; no slice into these pages is alive here
                 // (the caller has finished with the tensor's bytes).
                 let _ = unsafe {
-                    self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, info.size as usize)
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start as usize,
+                        info.size as usize,
+                    )
                 };
             }
         }
@@ -339,7 +343,11 @@ impl<'a> Cursor<'a> {
 
     /// A count or length: u64 (u32 in v1).
     fn count(&mut self, what: &str) -> Result<u64> {
-        if self.wide_counts { self.u64(what) } else { Ok(self.u32(what)? as u64) }
+        if self.wide_counts {
+            self.u64(what)
+        } else {
+            Ok(self.u32(what)? as u64)
+        }
     }
 
     /// A count that claims `count` items of at least `min_item` bytes each: refuse it unless they fit in what is
@@ -362,7 +370,8 @@ impl<'a> Cursor<'a> {
         let len = self.bounded_count(1, &format!("{what} length"))?;
         let at = self.pos;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| Error::msg(format!("{what} at offset {at} is not valid UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| Error::msg(format!("{what} at offset {at} is not valid UTF-8: {e}")))
     }
 
     fn value(&mut self, ty: GgufValueType, depth: usize) -> Result<GgufValue> {

@@ -26,10 +26,12 @@ use serde_json::{json, Map, Value};
 /// The regexes are the ones in the HF `tokenizer.json` of each family (llama.cpp's
 /// `llama-vocab.cpp` uses the same expressions, written without `(?i:...)`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The `pre` names ferrotune understands, for error messages.
-const PRE_TOKENIZERS: &str = "default, gpt2, gpt-2, smollm, starcoder, refact, llama-bpe, llama3, dbrx, smaug-bpe, qwen2, \
+const PRE_TOKENIZERS: &str =
+    "default, gpt2, gpt-2, smollm, starcoder, refact, llama-bpe, llama3, dbrx, smaug-bpe, qwen2, \
                               deepseek-r1-qwen";
 
 fn byte_level(use_regex: bool) -> Value {
@@ -53,11 +55,9 @@ fn gpt2_pipeline(pre: &str) -> Result<(Value, Value, bool)> {
             false,
         ),
         // Llama 3: whole words found in the vocabulary are not re-merged (tokenizer.json `ignore_merges`).
-        "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => (
-            Value::Null,
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
-            true,
-        ),
+        "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => {
+            (Value::Null, json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}), true)
+        }
         "qwen2" | "deepseek-r1-qwen" => (
             json!({"type": "NFC"}),
             json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
@@ -80,7 +80,9 @@ fn string_array<'a>(meta: &'a GgufMetadata, key: &str) -> Result<Option<Vec<&'a 
         Some(GgufValue::Array(_, items)) => items
             .iter()
             .enumerate()
-            .map(|(i, v)| v.as_str().ok_or_else(|| Error::msg(format!("metadata key {key:?}: element {i} is not a string"))))
+            .map(|(i, v)| {
+                v.as_str().ok_or_else(|| Error::msg(format!("metadata key {key:?}: element {i} is not a string")))
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some),
         Some(v) => bail!("metadata key {key:?} must be an array of strings, got {}", v.type_name()),
@@ -88,8 +90,9 @@ fn string_array<'a>(meta: &'a GgufMetadata, key: &str) -> Result<Option<Vec<&'a 
 }
 
 fn read_vocab(meta: &GgufMetadata) -> Result<Vocab<'_>> {
-    let tokens = string_array(meta, "tokenizer.ggml.tokens")?
-        .ok_or_else(|| Error::msg("metadata key \"tokenizer.ggml.tokens\" is missing: the file carries no tokenizer"))?;
+    let tokens = string_array(meta, "tokenizer.ggml.tokens")?.ok_or_else(|| {
+        Error::msg("metadata key \"tokenizer.ggml.tokens\" is missing: the file carries no tokenizer")
+    })?;
     let n = tokens.len();
     if n == 0 || n > u32::MAX as usize {
         bail!("metadata key \"tokenizer.ggml.tokens\" holds {n} tokens");
@@ -100,7 +103,9 @@ fn read_vocab(meta: &GgufMetadata) -> Result<Vocab<'_>> {
             Some(GgufValue::Array(_, items)) if items.len() == n => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| f(v).ok_or_else(|| Error::msg(format!("metadata key {key:?}: element {i} is {}", v.type_name()))))
+                .map(|(i, v)| {
+                    f(v).ok_or_else(|| Error::msg(format!("metadata key {key:?}: element {i} is {}", v.type_name())))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(GgufValue::Array(_, items)) => {
@@ -109,7 +114,8 @@ fn read_vocab(meta: &GgufMetadata) -> Result<Vocab<'_>> {
             Some(v) => bail!("metadata key {key:?} must be an array, got {}", v.type_name()),
         }
     };
-    let scores = numbers("tokenizer.ggml.scores", GgufValue::as_f64)?.map(|v| v.into_iter().map(|x| x as f32).collect());
+    let scores =
+        numbers("tokenizer.ggml.scores", GgufValue::as_f64)?.map(|v| v.into_iter().map(|x| x as f32).collect());
     let types = numbers("tokenizer.ggml.token_type", |v| v.as_i64().map(|x| x as f64))?
         .map(|v| v.into_iter().map(|x| x as i64).collect());
     Ok(Vocab { tokens, scores, types })
@@ -134,7 +140,9 @@ fn merges_from_metadata(meta: &GgufMetadata) -> Result<Option<Vec<Value>>> {
         .enumerate()
         .map(|(i, m)| match m.split_once(' ') {
             Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => Ok(json!([a, b])),
-            _ => bail!("metadata key \"tokenizer.ggml.merges\": entry {i} {m:?} is not two tokens separated by one space"),
+            _ => bail!(
+                "metadata key \"tokenizer.ggml.merges\": entry {i} {m:?} is not two tokens separated by one space"
+            ),
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
@@ -166,7 +174,9 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<Value> {
                 (score_of.contains_key(l) && score_of.contains_key(r)).then_some((l, r, piece_score))
             })
             .collect();
-        local.sort_by(|a, b| by_score_desc(score_of[a.0], score_of[b.0]).then(by_score_desc(score_of[a.1], score_of[b.1])));
+        local.sort_by(|a, b| {
+            by_score_desc(score_of[a.0], score_of[b.0]).then(by_score_desc(score_of[a.1], score_of[b.1]))
+        });
         merges.extend(local);
     }
     merges.sort_by(|a, b| by_score_desc(a.2, b.2));
@@ -202,7 +212,10 @@ fn build(meta: &GgufMetadata) -> Result<ModelTokenizer> {
     let bool_key = |key: &str| -> Result<Option<bool>> {
         match meta.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| Error::msg(format!("metadata key {key:?} must be a bool, got {}", v.type_name()))),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| Error::msg(format!("metadata key {key:?} must be a bool, got {}", v.type_name()))),
         }
     };
     let add_bos = bool_key("tokenizer.ggml.add_bos_token")?;
@@ -301,11 +314,16 @@ fn build(meta: &GgufMetadata) -> Result<ModelTokenizer> {
     doc.insert("decoder".into(), decoder);
     doc.insert("model".into(), model_json);
     let text = serde_json::to_vec(&Value::Object(doc)).context("cannot serialize the tokenizer")?;
-    let tokenizer = tokenizers::Tokenizer::from_bytes(&text).map_err(|e| Error::msg(format!("tokenizers rejected it: {e}")))?;
+    let tokenizer =
+        tokenizers::Tokenizer::from_bytes(&text).map_err(|e| Error::msg(format!("tokenizers rejected it: {e}")))?;
 
     let chat_template = match meta.get("tokenizer.chat_template") {
         None => None,
-        Some(v) => Some(v.as_str().ok_or_else(|| Error::msg("metadata key \"tokenizer.chat_template\" must be a string"))?.to_string()),
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| Error::msg("metadata key \"tokenizer.chat_template\" must be a string"))?
+                .to_string(),
+        ),
     };
     Ok(ModelTokenizer {
         tokenizer,
