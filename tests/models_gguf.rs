@@ -502,6 +502,7 @@ fn every_block_format_matches_gguf_py() {
         GgmlType::Q5_1,
         GgmlType::Q8_0,
         GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,

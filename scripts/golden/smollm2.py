@@ -25,7 +25,7 @@ tests/golden/smollm2_forward.safetensors (f32 model, eager attention, no dropout
 tests/golden/smollm2_ggml_blocks.safetensors (independent of the model; kept under this script's smollm2_ prefix)
     blocks.<TYPE>  u8  [4 * bytes per block]  random block bytes, with every f16 scale field set to a finite value
     values.<TYPE>  f32 [4 * weights per block] gguf-py's `gguf.quants.dequantize` of those bytes
-    for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q4_K Q5_K Q6_K; `--blocks-only` writes just this file (no torch model needed).
+    for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K; `--blocks-only` writes just this file (no torch model needed).
 
 Also saves the converted HF folder (save_pretrained, f32 safetensors + tokenizer.json) to
 .cache/models/SmolLM2-135M-Instruct-hf/ for local tests of the safetensors path; it is not committed.
@@ -87,7 +87,7 @@ WEIGHT_ROWS = [
 # (type, byte offsets of its f16 scale fields) in ggml-common.h's block structs.
 BLOCK_TYPES = [
     ("Q4_0", [0]), ("Q4_1", [0, 2]), ("Q5_0", [0]), ("Q5_1", [0, 2]), ("Q8_0", [0]),
-    ("Q2_K", [80, 82]), ("Q4_K", [0, 2]), ("Q5_K", [0, 2]), ("Q6_K", [208]),
+    ("Q2_K", [80, 82]), ("Q3_K", [108]), ("Q4_K", [0, 2]), ("Q5_K", [0, 2]), ("Q6_K", [208]),
 ]
 
 

@@ -10,6 +10,7 @@
 //! Q5_1   32   24   f16 d, m; u8 qh[4]; u8 qs[16]                    (q | bit j of qh << 4) * d + m
 //! Q8_0   32   34   f16 d; i8 qs[32]                                 q*d
 //! Q2_K  256   84   u8 scales[16]; u8 qs[64]; f16 d, dmin            16-weight groups, 2-bit q, 4-bit scale/min
+//! Q3_K  256  110   u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d   16 groups, 2 low bits + hmask bit, 6-bit scale
 //! Q4_K  256  144   f16 d, dmin; u8 scales[12]; u8 qs[128]           8 groups of 32, 6-bit scale/min
 //! Q5_K  256  176   f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]
 //! Q6_K  256  210   u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d      16 groups of 16, (q - 32) * d * scale
@@ -34,6 +35,7 @@ pub enum GgmlType {
     Q5_1,
     Q8_0,
     Q2_K,
+    Q3_K,
     Q4_K,
     Q5_K,
     Q6_K,
@@ -51,6 +53,7 @@ const TYPES: &[(GgmlType, u32, usize, usize)] = &[
     (GgmlType::Q5_1, 7, 32, 24),
     (GgmlType::Q8_0, 8, 32, 34),
     (GgmlType::Q2_K, 10, 256, 84),
+    (GgmlType::Q3_K, 11, 256, 110),
     (GgmlType::Q4_K, 12, 256, 144),
     (GgmlType::Q5_K, 13, 256, 176),
     (GgmlType::Q6_K, 14, 256, 210),
@@ -124,6 +127,7 @@ pub fn dequantize_into<T: DequantTarget>(ty: GgmlType, bytes: &[u8], out: &mut [
         GgmlType::Q5_1 => block_q5_1,
         GgmlType::Q8_0 => block_q8_0,
         GgmlType::Q2_K => block_q2_k,
+        GgmlType::Q3_K => block_q3_k,
         GgmlType::Q4_K => block_q4_k,
         GgmlType::Q5_K => block_q5_k,
         GgmlType::Q6_K => block_q6_k,
@@ -231,6 +235,41 @@ fn block_q2_k(b: &[u8], y: &mut [f32]) {
                     out += 1;
                 }
             }
+        }
+    }
+}
+
+fn block_q3_k(b: &[u8], y: &mut [f32]) {
+    let hmask = &b[0..32];
+    let qs = &b[32..96];
+    let d = half(b, 108);
+    // Sixteen 6-bit scales: low 4 bits in the nibbles of bytes 0-7 (groups 0-7 low nibbles, 8-15 high
+    // nibbles), high 2 bits in bytes 8-11 (byte 8 + k holds groups k, k+4, k+8, k+12 at bits 0, 2, 4, 6).
+    let packed = &b[96..108];
+    let mut scales = [0i32; 16];
+    for (g, scale) in scales.iter_mut().enumerate() {
+        let low = if g < 8 { packed[g] & 0xF } else { packed[g - 8] >> 4 };
+        let high = (packed[8 + g % 4] >> (2 * (g / 4))) & 3;
+        *scale = (low | (high << 4)) as i32 - 32;
+    }
+    let mut out = 0;
+    let mut group = 0;
+    let mut bit = 0;
+    for half_block in 0..2 {
+        let q = &qs[half_block * 32..half_block * 32 + 32];
+        for shift in [0u32, 2, 4, 6] {
+            let m = 1u8 << bit;
+            for sub in 0..2 {
+                let dl = d * scales[group] as f32;
+                group += 1;
+                for l in sub * 16..sub * 16 + 16 {
+                    // The hmask bit set means +0, clear means -4: values -4..3.
+                    let v = ((q[l] >> shift) & 3) as i32 - if hmask[l] & m != 0 { 0 } else { 4 };
+                    y[out] = dl * v as f32;
+                    out += 1;
+                }
+            }
+            bit += 1;
         }
     }
 }
