@@ -650,6 +650,8 @@ fn hostile_alignment_and_tensor_infos_are_errors() {
     assert!(e.contains("\"t\"") && e.contains("5 dimensions"), "{e}");
     let e = parse_err(&with(TensorSpec { dims: vec![u64::MAX / 2, 4], ..one() }));
     assert!(e.contains("overflow"), "{e}");
+    let e = parse_err(&with(TensorSpec { dims: vec![0, u64::MAX / 4, 1 << 20], data: vec![], ..one() }));
+    assert!(e.contains("overflow"), "a zero dimension does not excuse huge ones: {e}");
     let e = parse_err(&with(TensorSpec { ty: 99, ..one() }));
     assert!(e.contains("ggml type 99"), "{e}");
     let e = parse_err(&with(TensorSpec { ty: 16, ..one() }));

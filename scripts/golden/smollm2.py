@@ -28,7 +28,9 @@ tests/golden/smollm2_ggml_blocks.safetensors (independent of the model; kept und
     for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K; `--blocks-only` writes just this file (no torch model needed).
 
 Also saves the converted HF folder (save_pretrained, f32 safetensors + tokenizer.json) to
-.cache/models/SmolLM2-135M-Instruct-hf/ for local tests of the safetensors path; it is not committed.
+.cache/models/SmolLM2-135M-Instruct-hf/ for local tests of the safetensors path; it is not committed. Its
+eos_token/pad_token are set from the GGUF ids ("<|im_end|>"), correcting transformers' GGUF tokenizer conversion,
+which reports the BOS string "<|im_start|>" as eos_token.
 """
 
 import hashlib
@@ -146,6 +148,14 @@ def main():
               metadata={"chat_prompt": prompt, "rows": str(ROWS), "source": f"{NAME} sha256 {sha}"})
     print(f"T = {len(chat_ids)} tokens, loss = {out.loss.item():.6f}")
 
+    # transformers' GGUFLlamaConverter sets eos_token to the BOS string (it indexes tokens with bos_token_id for
+    # both); the saved folder should carry the file's own eos/pad tokens, as config.json already does.
+    from gguf import GGUFReader
+
+    fields = GGUFReader(GGUF).fields
+    for attr, key in [("eos_token", "tokenizer.ggml.eos_token_id"), ("pad_token", "tokenizer.ggml.padding_token_id")]:
+        if key in fields:
+            setattr(tok, attr, tok.convert_ids_to_tokens(int(fields[key].contents())))
     HF_DIR.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(HF_DIR)
     tok.save_pretrained(HF_DIR)

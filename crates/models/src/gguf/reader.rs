@@ -529,11 +529,12 @@ fn tensor_info(c: &mut Cursor, name: String, alignment: u64) -> Result<GgufTenso
         ))
     })?;
     let offset = c.u64("data offset")?;
-    let elements = dims
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+    // Zero-sized dimensions count as 1 here, so a zero can't hide huge neighbours whose strides would overflow.
+    dims.iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d.max(1)))
         .filter(|&n| n <= usize::MAX as u64 / 4)
         .ok_or_else(|| Error::msg(format!("dimensions {dims:?} overflow")))?;
+    let elements: u64 = dims.iter().product();
     let block = ggml_type.block_size() as u64;
     // ggml quantizes along rows: the innermost dimension must hold whole blocks.
     let inner = dims.first().copied().unwrap_or(1);
