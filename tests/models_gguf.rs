@@ -749,6 +749,47 @@ fn sentencepiece_vocabulary_merges_from_scores_and_byte_fallback() {
     assert_eq!(t.tokenizer.decode(&[8, 3, 9, 10], true).unwrap(), "ab é");
 }
 
+/// GPT-2's byte -> printable character map (tokenizers' `bytes_char`).
+fn byte_level_char(b: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if printable(b) {
+        return b as char;
+    }
+    let shifted = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + shifted).unwrap()
+}
+
+/// Each `tokenizer.ggml.pre` splits digits its own way: with merges 1+2, 3+4, 12+3 (in that priority) "1234" is
+/// one GPT-2 word ([12, 34]), one digit per word for smollm / qwen2, and "123" + "4" for Llama 3's \p{N}{1,3}.
+#[test]
+fn gpt2_pre_tokenizers_split_digits_their_own_way() {
+    let chars: Vec<String> = (0..=255u8).map(|b| byte_level_char(b).to_string()).collect();
+    let mut tokens: Vec<&str> = chars.iter().map(String::as_str).collect();
+    tokens.extend(["12", "34", "123"]);
+    let ids = |pre: &str| -> Result<Vec<u32>, String> {
+        let kvs = vec![
+            ("general.architecture", s("llama")),
+            ("tokenizer.ggml.model", s("gpt2")),
+            ("tokenizer.ggml.pre", s(pre)),
+            ("tokenizer.ggml.tokens", strings(&tokens)),
+            ("tokenizer.ggml.merges", strings(&["1 2", "3 4", "12 3"])),
+        ];
+        let meta = reader::parse(&gguf_bytes(3, &kvs, &[])).unwrap();
+        let t = gguf::tokenizer::model_tokenizer(&meta).map_err(|e| e.to_string())?;
+        Ok(t.tokenizer.encode("1234", false).unwrap().get_ids().to_vec())
+    };
+    let digit = |c: char| c as u32;
+    for pre in ["default", "gpt2"] {
+        assert_eq!(ids(pre).unwrap(), vec![256, 257], "{pre}");
+    }
+    for pre in ["smollm", "starcoder", "qwen2"] {
+        assert_eq!(ids(pre).unwrap(), vec![digit('1'), digit('2'), digit('3'), digit('4')], "{pre}");
+    }
+    assert_eq!(ids("llama-bpe").unwrap(), vec![258, digit('4')]);
+    let e = ids("tekken").unwrap_err();
+    assert!(e.contains("tekken") && e.contains("llama-bpe"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The real SmolLM2-135M-Instruct Q4_1 file against transformers' GGUF loader.
 // ---------------------------------------------------------------------------------------------------------------
