@@ -2,6 +2,7 @@
 
 mod bench;
 mod env;
+mod model_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ enum Command {
     /// Measure the engine's kernels (GFLOP/s, tokens/s); `--json` for one JSON object per line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Inspect a model (HF folder, GGUF file or hub id) or convert it to an HF folder.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
 }
 
 /// Let `ferrotune ... | head` end quietly: Rust ignores SIGPIPE by default, which turns a closed pipe into a
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Env => env::run(),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Model(cmd) => model_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -121,9 +121,11 @@ impl GgufValue {
         }
     }
     /// f32 or f64 (integers too: a converter may write `rope.freq_base` as an integer).
+    /// f32 values come back as the shortest decimal that rounds to them (`1e-5`, not `9.99999974e-6`):
+    /// converters wrote them from Python floats, and configs written back should carry the original number.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            GgufValue::F32(v) => Some(v as f64),
+            GgufValue::F32(v) => Some(v.to_string().parse().unwrap_or(v as f64)),
             GgufValue::F64(v) => Some(v),
             _ => self.as_i64().map(|v| v as f64),
         }
