@@ -26,13 +26,18 @@ Reference quantities (HF eager attention):
                 its gradient holding both the lookup and the lm_head contributions) (f64 run)
   logits_f32, loss_f32  the same from the f32 model, to show how far HF's own f32 run is from f64
 
-The f64 run upcasts the f32 weights exactly, so it is the exact answer for the stored weights up to f64
-rounding (~1e-15 relative); tests compare ferrotune's f64 run against it tightly and its f32 run with f32
-tolerances.
+The f64 run upcasts the f32 weights exactly and is made f64 *throughout*: HF's modeling code pins three steps
+to f32 whatever the model dtype (the RoPE inverse frequencies and cos/sin, `.float()` / `dtype=torch.float`;
+RMSNorm's `.to(torch.float32)`; eager attention's `softmax(..., dtype=torch.float32)`), which would leave ~1e-7
+errors in an "f64" run. `exact_f64()` points `torch.float`, `torch.float32` and `Tensor.float` at f64 while the
+f64 model runs, and the RoPE buffers are recomputed by HF's own init function under the same switch. The result
+is HF's math evaluated in f64: the exact answer for the stored weights up to ~1e-15 relative. Tests compare
+ferrotune's f64 run against it tightly and its f32 run with f32 tolerances.
 
 `padded_pad` (case qwen2_tied) sets pad_token_id to a token present in the input: HF's nn.Embedding(padding_idx)
 gives that embedding row no gradient from the lookup, and ferrotune reproduces that.
 """
+import contextlib
 import json
 import os
 
@@ -128,6 +133,32 @@ def redraw(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.15 * noise)
 
 
+@contextlib.contextmanager
+def exact_f64():
+    """Make HF's hard-coded f32 casts (RoPE, RMSNorm, softmax) f64 casts; see the module docstring."""
+    saved = torch.float, torch.float32, torch.Tensor.float
+    torch.float = torch.float32 = torch.float64
+    torch.Tensor.float = torch.Tensor.double
+    try:
+        yield
+    finally:
+        torch.float, torch.float32, torch.Tensor.float = saved
+
+
+def recompute_rope_f64(model):
+    """Recompute every rotary embedding's inv_freq with HF's own init function, in f64 (inside exact_f64)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for module in model.modules():
+        if module.__class__.__name__.endswith("RotaryEmbedding"):
+            init = module.compute_default_rope_parameters if module.rope_type == "default" else ROPE_INIT_FUNCTIONS[module.rope_type]
+            inv_freq, scaling = init(module.config, None)
+            assert inv_freq.dtype == torch.float64
+            module.inv_freq = inv_freq
+            module.original_inv_freq = inv_freq.clone()
+            module.attention_scaling = scaling
+
+
 def run(model, dtype):
     """Logits [19, V], loss and named gradients of the two-sequence batch, every op in `dtype`."""
     model = model.to(dtype)
@@ -169,7 +200,10 @@ def main():
             os.remove(gen_cfg)
 
         logits32, loss32, _ = run(model, torch.float32)
-        logits64, loss64, grads64 = run(model, torch.float64)
+        with exact_f64():
+            model.to(torch.float64)
+            recompute_rope_f64(model)
+            logits64, loss64, grads64 = run(model, torch.float64)
         tensors = {"logits": logits64, "loss": loss64, "logits_f32": logits32, "loss_f32": loss32}
         for i, ids in enumerate(SEQUENCES):
             tensors[f"input_ids.{i}"] = torch.tensor(ids, dtype=torch.int64)
