@@ -339,8 +339,9 @@ impl<'a> Client<'a> {
 
     fn network_error(&self, what: &str, e: ureq::Error) -> Error {
         Error::msg(format!(
-            "cannot reach {} for {what}: {e}; check the network (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use \
-             only the cache",
+            "{}: cannot reach {} for {what}: {e}; check the network (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to \
+             use only the cache",
+            self.repo,
             self.endpoint()
         ))
     }
