@@ -42,3 +42,60 @@ fn bad_arguments_are_clear_errors_not_panics() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 }
+
+/// The SmolLM2 GGUF from scripts/fetch-smollm2.sh; `None` (skip) when absent, unless FERROTUNE_REQUIRE_MODELS=1.
+fn smollm2_gguf() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if path.is_file() {
+        return Some(path);
+    }
+    let msg = format!("SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh", path.display());
+    assert!(std::env::var("FERROTUNE_REQUIRE_MODELS").as_deref() != Ok("1"), "{msg} (FERROTUNE_REQUIRE_MODELS=1)");
+    eprintln!("skipping: {msg}");
+    None
+}
+
+#[test]
+fn model_info_and_convert_a_gguf_to_an_hf_folder_that_loads_back() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let gguf = gguf.to_str().unwrap();
+    let out = ferrotune(&["model", "info", gguf]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for field in ["LlamaForCausalLM", "30 layers, hidden 576", "134515008", "chat template yes", "peak memory (RSS)"] {
+        assert!(text.contains(field), "missing {field:?} in:\n{text}");
+    }
+    // Loading for training in f32 must stay under 1 GB resident (weights alone are 538 MB).
+    let rss_mb: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("peak memory (RSS): "))
+        .and_then(|v| v.trim_end_matches(" MB").parse().ok())
+        .expect("peak RSS line");
+    assert!(rss_mb < 1000.0, "loading SmolLM2 in f32 peaked at {rss_mb} MB");
+
+    let dir = std::env::temp_dir().join(format!("ferrotune-cli-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = ferrotune(&["model", "convert", gguf, dir.to_str().unwrap(), "--dtype", "bf16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        assert!(dir.join(file).is_file(), "convert did not write {file}");
+    }
+    let out = ferrotune(&["model", "info", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("134515008"));
+    // A second convert into the same folder refuses instead of overwriting.
+    let out = ferrotune(&["model", "convert", gguf, dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a model"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn model_info_on_a_missing_path_says_what_it_expected() {
+    let out = ferrotune(&["model", "info", "/nonexistent/model/dir"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model/dir") && !err.contains("panicked"), "{err}");
+}
