@@ -353,7 +353,7 @@ fn smollm2_gguf_matches_transformers() {
 
 /// Forward + backward of SmolLM2-135M shapes (random init, f32) on one packed batch of 512 tokens:
 ///
-///     cargo test --release --test models_golden -- --ignored --nocapture smollm2_shapes_throughput
+///     cargo test --test models_golden -- --ignored --nocapture smollm2_shapes_throughput   # test profile is opt-level 3
 ///
 /// Reports tokens/s and the GFLOP/s implied by the usual 6 N tokens estimate (N = 134.5M parameters; the
 /// attention's own FLOPs are not counted).
@@ -373,6 +373,29 @@ fn smollm2_shapes_throughput() {
     let batch = Batch::from_sequences(&sequences).unwrap();
     let labels: Vec<i64> = batch.tokens().iter().map(|&t| t as i64).collect();
     let tokens = batch.len() as f64;
+    // Calibration under the same machine load: one MLP-shaped GEMM, [512, 576] x [1536, 576]^T (the weight read
+    // through a transposed view, as the model does).
+    let x = Tensor::randn(1, &[512, 576], 0.0, 1.0, DType::F32).unwrap();
+    let w = Tensor::randn(2, &[1536, 576], 0.0, 0.02, DType::F32).unwrap();
+    let gemm_start = std::time::Instant::now();
+    for _ in 0..20 {
+        x.matmul(&w.t().unwrap()).unwrap();
+    }
+    let gemm = 20.0 * 2.0 * 512.0 * 576.0 * 1536.0 / gemm_start.elapsed().as_secs_f64() / 1e9;
+    eprintln!("calibration: a [512, 576] x [576, 1536] GEMM runs at {gemm:.1} GFLOP/s right now");
+    // Where the forward goes: the decoder stack alone, and the fused lm_head + loss on its output.
+    let timed = |f: &dyn Fn()| {
+        let start = std::time::Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let hidden = no_grad(|| model.forward_hidden(&batch)).unwrap();
+    let stack = timed(&|| drop(no_grad(|| model.forward_hidden(&batch)).unwrap()));
+    let targets = Tensor::from_vec(batch.shift_labels(&labels).unwrap(), &[batch.len()]).unwrap();
+    let head = Var::param(model.lm_head_weight().value().clone());
+    let hidden = Var::param(hidden.value().clone());
+    let lce = timed(&|| drop(Var::linear_cross_entropy(&hidden, &head, &targets, -100, Reduction::Mean).unwrap()));
+    eprintln!("decoder stack forward (no grad) {stack:.3} s; fused lm_head + loss with both gradients {lce:.3} s");
     let mut best = f64::INFINITY;
     for step in 0..4 {
         for (_, p) in model.parameters() {

@@ -67,6 +67,38 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: Var,
 }
 
+/// Per-batch inputs of [`DecoderLayer::forward`], from [`LlamaModel::layer_context`].
+#[derive(Debug, Clone)]
+pub struct LayerContext {
+    rope: Arc<RopeTable>,
+    positions: Tensor,
+    attention: AttentionOptions,
+    tokens: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rms_norm_eps: f64,
+}
+
+impl DecoderLayer {
+    /// One pre-norm layer on the residual stream `x [N, hidden]`:
+    /// `x + o(attn(RoPE(q(n1 x)), RoPE(k(n1 x)), v(n1 x)))`, then `x + down(silu(gate(n2 x)) * up(n2 x))`.
+    pub fn forward(&self, x: &Var, ctx: &LayerContext) -> Result<Var> {
+        let (n, hq, hkv, d) = (ctx.tokens, ctx.heads, ctx.kv_heads, ctx.head_dim);
+        let a = &self.self_attn;
+        let h = x.rms_norm(&self.input_layernorm, ctx.rms_norm_eps)?;
+        let q = a.q_proj.forward(&h)?.reshape(&[1, n, hq, d])?.rope(&ctx.rope, &ctx.positions)?;
+        let k = a.k_proj.forward(&h)?.reshape(&[1, n, hkv, d])?.rope(&ctx.rope, &ctx.positions)?;
+        let v = a.v_proj.forward(&h)?.reshape(&[1, n, hkv, d])?;
+        let attended = Var::attention(&q, &k, &v, &ctx.attention)?.reshape(&[n, hq * d])?;
+        let x = x.add(&a.o_proj.forward(&attended)?)?;
+        let m = &self.mlp;
+        let h = x.rms_norm(&self.post_attention_layernorm, ctx.rms_norm_eps)?;
+        let gated = m.gate_proj.forward(&h)?.swiglu(&m.up_proj.forward(&h)?)?;
+        Ok(x.add(&m.down_proj.forward(&gated)?)?)
+    }
+}
+
 /// A Llama-family causal language model. See the module docs for the math, batches and dtypes.
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
@@ -329,17 +361,43 @@ impl LlamaModel {
     }
 
     /// The final hidden states `[N, hidden]` (after the last RMSNorm), in the compute dtype.
+    ///
+    /// The same as `embed`, then each layer's [`DecoderLayer::forward`] with [`LlamaModel::layer_context`], then
+    /// `final_norm`: a trainer that checkpoints activations drives those steps itself.
     pub fn forward_hidden(&self, batch: &Batch) -> Result<Var> {
-        self.check_batch(batch)?;
-        let rope = self.rope_for(batch)?;
-        let padding_idx = self.config.pad_token_id;
-        let mut x = layers::embedding(&self.embed_tokens, batch.tokens(), batch.input_ids(), padding_idx, self.compute_dtype)?;
-        let attention = AttentionOptions { causal: true, scale: None, segment_ids: batch.segment_ids().cloned() };
+        let ctx = self.layer_context(batch)?;
+        let mut x = self.embed(batch)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self
-                .decoder_layer(layer, &x, batch, &rope, &attention)
-                .map_err(|e| Error::msg(format!("model.layers.{i}: {e}")))?;
+            x = layer.forward(&x, &ctx).map_err(|e| Error::msg(format!("model.layers.{i}: {e}")))?;
         }
+        self.final_norm(&x)
+    }
+
+    /// What every layer needs for this batch besides its weights (RoPE table, positions, attention mask rules).
+    /// Checks the batch first: token ids inside the vocabulary, Mistral sequences within the sliding window,
+    /// positions within reach.
+    pub fn layer_context(&self, batch: &Batch) -> Result<LayerContext> {
+        self.check_batch(batch)?;
+        let c = &self.config;
+        Ok(LayerContext {
+            rope: self.rope_for(batch)?,
+            positions: batch.position_ids().clone(),
+            attention: AttentionOptions { causal: true, scale: None, segment_ids: batch.segment_ids().cloned() },
+            tokens: batch.len(),
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            rms_norm_eps: c.rms_norm_eps,
+        })
+    }
+
+    /// The token embeddings `[N, hidden]` in the compute dtype (HF's `padding_idx` rule for the gradient).
+    pub fn embed(&self, batch: &Batch) -> Result<Var> {
+        layers::embedding(&self.embed_tokens, batch.tokens(), batch.input_ids(), self.config.pad_token_id, self.compute_dtype)
+    }
+
+    /// The last RMSNorm (HF `model.norm`).
+    pub fn final_norm(&self, x: &Var) -> Result<Var> {
         Ok(x.rms_norm(&self.norm, self.config.rms_norm_eps)?)
     }
 
@@ -372,25 +430,6 @@ impl LlamaModel {
         let hidden = self.forward_hidden(batch)?;
         let targets = Tensor::from_vec(targets.to_vec(), &[targets.len()])?;
         Ok(Var::linear_cross_entropy(&hidden, self.lm_head_weight(), &targets, IGNORE_INDEX, reduction)?)
-    }
-
-    /// One pre-norm layer on the residual stream `x [N, hidden]`.
-    fn decoder_layer(&self, layer: &DecoderLayer, x: &Var, batch: &Batch, rope: &Arc<RopeTable>, attention: &AttentionOptions) -> Result<Var> {
-        let c = &self.config;
-        let n = batch.len();
-        let (hq, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let positions = batch.position_ids();
-        let a = &layer.self_attn;
-        let h = x.rms_norm(&layer.input_layernorm, c.rms_norm_eps)?;
-        let q = a.q_proj.forward(&h)?.reshape(&[1, n, hq, d])?.rope(rope, positions)?;
-        let k = a.k_proj.forward(&h)?.reshape(&[1, n, hkv, d])?.rope(rope, positions)?;
-        let v = a.v_proj.forward(&h)?.reshape(&[1, n, hkv, d])?;
-        let attended = Var::attention(&q, &k, &v, attention)?.reshape(&[n, hq * d])?;
-        let x = x.add(&a.o_proj.forward(&attended)?)?;
-        let m = &layer.mlp;
-        let h = x.rms_norm(&layer.post_attention_layernorm, c.rms_norm_eps)?;
-        let gated = m.gate_proj.forward(&h)?.swiglu(&m.up_proj.forward(&h)?)?;
-        Ok(x.add(&m.down_proj.forward(&gated)?)?)
     }
 
     /// Reject what this model would otherwise compute differently from HF, or fail on deep inside a kernel.
