@@ -99,7 +99,8 @@ impl DecoderLayer {
     }
 }
 
-/// A Llama-family causal language model. See the module docs for the math, batches and dtypes.
+/// A Llama-family causal language model. See the module docs for the math, batches and dtypes. `clone()` is
+/// shallow: the clone shares the parameter leaves (and their gradients).
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
     config: ModelConfig,
@@ -200,7 +201,7 @@ impl LlamaModel {
 
     /// Assemble the model, asking `source` for each tensor by HF name, shape and kind, in HF's
     /// `named_parameters()` order.
-    fn build(config: ModelConfig, source: &mut dyn FnMut(&str, &[usize], WeightKind) -> Result<Tensor>) -> Result<LlamaModel> {
+    fn build(config: ModelConfig, source: &mut TensorSource<'_>) -> Result<LlamaModel> {
         let mut src = Source(source);
         let c = &config;
         let (h, v, inter) = (c.hidden_size, c.vocab_size, c.intermediate_size);
@@ -479,10 +480,13 @@ fn rope_table(c: &ModelConfig, seq_len: usize) -> Result<RopeTable> {
     Ok(RopeTable::new(c.head_dim, c.rope_theta, &c.rope_scaling, c.max_position_embeddings, seq_len)?)
 }
 
-/// Where `build` gets its tensors (a checkpoint, or random init), checked to be floating point.
-struct Source<'a>(&'a mut dyn FnMut(&str, &[usize], WeightKind) -> Result<Tensor>);
+/// Gives `build` the tensor for an HF name, shape and kind (a checkpoint's, or a fresh random one).
+type TensorSource<'a> = dyn FnMut(&str, &[usize], WeightKind) -> Result<Tensor> + 'a;
 
-impl Source<'_> {
+/// Where `build` gets its tensors, checked to be floating point.
+struct Source<'a, 'b>(&'a mut TensorSource<'b>);
+
+impl Source<'_, '_> {
     fn leaf(&mut self, name: &str, shape: &[usize], kind: WeightKind) -> Result<Var> {
         let t = (self.0)(name, shape, kind)?;
         if !t.dtype().is_float() {
