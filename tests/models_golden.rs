@@ -331,7 +331,7 @@ fn smollm2_gguf_matches_transformers() {
     let (golden, _) = common::load_golden("smollm2_forward");
     let ids: Vec<u32> = golden["input_ids"].to_vec::<i64>().unwrap().iter().map(|&t| t as u32).collect();
     let labels = golden["labels"].to_vec::<i64>().unwrap();
-    let batch = Batch::from_sequences(&[ids.clone()]).unwrap();
+    let batch = Batch::from_sequences(std::slice::from_ref(&ids)).unwrap();
     let (loss, logits) = no_grad(|| -> ferrotune_models::Result<(f64, Tensor)> {
         let hidden = model.forward_hidden(&batch)?;
         let targets = Tensor::from_vec(batch.shift_labels(&labels)?, &[ids.len()])?;
