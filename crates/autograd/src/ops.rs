@@ -122,12 +122,14 @@ impl Var {
     // ---- matmul -------------------------------------------------------------------------------------------
 
     /// `[.., m, k] x [.., k, n]` (rhs may be 2-D, shared by the batch): dA = G B^T, dB = A^T G (summed over the
-    /// batch when B is shared). The transposes are views; the GEMM packs from them directly.
+    /// batch when B is shared). The transposes are views; the GEMM packs from them directly. Each gradient comes
+    /// back in its input's dtype (f32 activations times a bf16 weight give the weight a bf16 gradient, as in
+    /// PyTorch), so gradients from different uses of one leaf can be summed.
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
         let (a, b) = (self.value().clone(), rhs.value().clone());
         let (ra, rb) = (self.requires_grad(), rhs.requires_grad());
         Ok(Var::from_fn(a.matmul(&b)?, &[self, rhs], "matmul", move |g| {
-            let ga = if ra { Some(g.matmul(&b.t()?)?) } else { None };
+            let ga = if ra { Some(g.matmul(&b.t()?)?.to_dtype(a.dtype())?) } else { None };
             let gb = if !rb {
                 None
             } else if b.rank() == 2 && a.rank() > 2 {
@@ -135,9 +137,9 @@ impl Var {
                 let n = g.shape()[g.rank() - 1];
                 let a2 = a.reshape(&[a.elem_count() / k, k])?;
                 let g2 = g.reshape(&[g.elem_count() / n, n])?;
-                Some(a2.t()?.matmul(&g2)?)
+                Some(a2.t()?.matmul(&g2)?.to_dtype(b.dtype())?)
             } else {
-                Some(a.t()?.matmul(g)?)
+                Some(a.t()?.matmul(g)?.to_dtype(b.dtype())?)
             };
             Ok(vec![ga, gb])
         }))
