@@ -173,7 +173,7 @@ fn frozen_parameters_get_no_gradient() {
     }
 }
 
-/// bf16 weights run end to end (computed in f32) and land near the exact loss: bf16 rounding of the weights
+/// bf16 weights run end to end (computed in f32), get bf16 gradients, and land near the exact loss: bf16 rounding of the weights
 /// (relative 2^-9) moves this loss by about 1e-3 relative.
 #[test]
 fn bf16_weights_compute_in_f32() {
@@ -190,6 +190,7 @@ fn bf16_weights_compute_in_f32() {
     assert!((ours - hf).abs() < 1e-2 * hf, "bf16 loss {ours} vs {hf}");
     for (name, var) in model.parameters() {
         let g = var.grad().unwrap_or_else(|| panic!("{name}: no gradient"));
+        assert_eq!(g.dtype(), DType::BF16, "{name}: a gradient has its parameter's dtype, as in PyTorch");
         assert!(g.to_vec_f64().unwrap().iter().all(|x| x.is_finite()), "{name}");
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! **Dtypes.** Weights keep the dtype they were loaded in (f32, bf16 or f16; all f64 for reference checks).
 //! Activations are f32 (f64 for an f64 model): bf16 weights are widened inside the GEMMs, as the fused ops do.
-//! Gradients of bf16 weights that come out of a GEMM are therefore f32.
+//! Every gradient has its parameter's dtype (bf16 weights get bf16 gradients, as in PyTorch).
 //!
 //! **Parameters** are autograd leaves under their HF names ([`LlamaModel::parameters`]). A leaf made with
 //! `Var::param` is trainable, one made with `Var::constant` is frozen; [`LlamaModel::set_trainable`] chooses by
