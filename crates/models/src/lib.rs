@@ -6,7 +6,8 @@
 //! - [`gguf`]: GGUF v2/v3 reader, block dequantization, HF name mapping, tokenizer rebuilt from metadata.
 //! - [`tokenizer`]: `tokenizer.json` + `tokenizer_config.json` (special tokens, chat_template).
 //! - [`hub`]: Hugging Face hub download into the HF cache layout (HF_ENDPOINT, HF_HOME, resume).
-//! - [`llama`]: the Llama-family decoder (Llama, Qwen2, Mistral, SmolLM) over autograd.
+//! - [`loader`]: `load_model` (HF folder, GGUF file, hub id) and `save_hf_folder`.
+//! - [`llama`]: the Llama-family decoder (Llama, Qwen2, Mistral, SmolLM) over autograd, on packed varlen batches.
 
 pub mod config;
 pub mod error;
@@ -20,5 +21,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Context, Error, Result};
+pub use llama::{Batch, LlamaModel};
+pub use loader::{load_model, LoadedModel};
 pub use tokenizer::ModelTokenizer;
 pub use weights::{LoadOptions, WeightDType, WeightMap};
