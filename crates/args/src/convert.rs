@@ -63,10 +63,12 @@ impl ArgType for i64 {
             Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(*x as i64),
             Value::Str(s) => {
                 let t = s.trim();
-                t.parse::<i64>().ok().or_else(|| match crate::value::resolve_plain(t) {
-                    Value::Int(i) => Some(i),
-                    _ => None,
-                })
+                t.parse::<i64>()
+                    .ok()
+                    .or_else(|| match crate::value::resolve_plain(t) {
+                        Value::Int(i) => Some(i),
+                        _ => None,
+                    })
             }
             _ => None,
         }
@@ -86,11 +88,13 @@ impl ArgType for f64 {
             Value::Float(x) => Some(*x),
             Value::Str(s) => {
                 let t = s.trim();
-                t.parse::<f64>().ok().or_else(|| match crate::value::resolve_plain(t) {
-                    Value::Float(x) => Some(x),
-                    Value::Int(i) => Some(i as f64),
-                    _ => None,
-                })
+                t.parse::<f64>()
+                    .ok()
+                    .or_else(|| match crate::value::resolve_plain(t) {
+                        Value::Float(x) => Some(x),
+                        Value::Int(i) => Some(i as f64),
+                        _ => None,
+                    })
             }
             _ => None,
         }
@@ -143,10 +147,12 @@ impl ArgType for Value {
     }
     fn from_value(v: &Value) -> Option<Self> {
         match v {
-            Value::Str(s) if s.trim_start().starts_with('{') => serde_json::from_str::<serde_json::Value>(s)
-                .ok()
-                .map(crate::value::from_json)
-                .filter(|v| matches!(v, Value::Map(_))),
+            Value::Str(s) if s.trim_start().starts_with('{') => {
+                serde_json::from_str::<serde_json::Value>(s)
+                    .ok()
+                    .map(crate::value::from_json)
+                    .filter(|v| matches!(v, Value::Map(_)))
+            }
             other => Some(other.clone()),
         }
     }
@@ -205,10 +211,15 @@ impl ArgType for CommaList {
         let items: Vec<String> = match v {
             Value::Str(s) => s.split(',').map(|p| p.trim().to_string()).collect(),
             Value::Int(_) | Value::Float(_) => vec![v.scalar_text()?],
-            Value::List(items) => items.iter().map(String::from_value).collect::<Option<Vec<_>>>()?,
+            Value::List(items) => items
+                .iter()
+                .map(String::from_value)
+                .collect::<Option<Vec<_>>>()?,
             _ => return None,
         };
-        Some(CommaList(items.into_iter().filter(|s| !s.is_empty()).collect()))
+        Some(CommaList(
+            items.into_iter().filter(|s| !s.is_empty()).collect(),
+        ))
     }
     fn to_value(&self) -> Value {
         Value::Str(self.0.join(","))
@@ -310,26 +321,69 @@ pub enum Optimizer {
 
 /// HF `OptimizerNames` (transformers 4.55-5.6), every spelling `optim` accepts.
 pub const OPTIM_NAMES: &[&str] = &[
-    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_apex_fused",
-    "adafactor", "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
-    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit",
-    "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
-    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit",
-    "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise",
-    "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd",
-    "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_xla",
+    "adamw_torch_npu_fused",
+    "adamw_apex_fused",
+    "adafactor",
+    "adamw_anyprecision",
+    "adamw_torch_4bit",
+    "adamw_torch_8bit",
+    "ademamix",
+    "sgd",
+    "adagrad",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "ademamix_8bit",
+    "lion_8bit",
+    "lion_32bit",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+    "paged_ademamix_32bit",
+    "paged_ademamix_8bit",
+    "paged_lion_32bit",
+    "paged_lion_8bit",
+    "rmsprop",
+    "rmsprop_bnb",
+    "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit",
+    "galore_adamw",
+    "galore_adamw_8bit",
+    "galore_adafactor",
+    "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise",
+    "lomo",
+    "adalomo",
+    "grokadamw",
+    "schedule_free_radam",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "apollo_adamw",
+    "apollo_adamw_layerwise",
+    "stable_adamw",
 ];
 
 /// The `optim` names ferrotune implements (the rest are rejected by the support table).
-pub const OPTIM_SUPPORTED: &[&str] =
-    &["adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_apex_fused", "adafactor", "sgd"];
+pub const OPTIM_SUPPORTED: &[&str] = &[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_xla",
+    "adamw_torch_npu_fused",
+    "adamw_apex_fused",
+    "adafactor",
+    "sgd",
+];
 
 impl Optimizer {
     pub fn from_optim(name: &str) -> Option<Optimizer> {
         match name {
-            "adamw_torch" | "adamw_torch_fused" | "adamw_torch_xla" | "adamw_torch_npu_fused" | "adamw_apex_fused" => {
-                Some(Optimizer::AdamW)
-            }
+            "adamw_torch"
+            | "adamw_torch_fused"
+            | "adamw_torch_xla"
+            | "adamw_torch_npu_fused"
+            | "adamw_apex_fused" => Some(Optimizer::AdamW),
             "adafactor" => Some(Optimizer::Adafactor),
             "sgd" => Some(Optimizer::Sgd),
             _ => None,
@@ -357,8 +411,14 @@ mod tests {
             CommaList::from_value(&Value::Str("identity, alpaca_en_demo,".into())),
             Some(CommaList::new(["identity", "alpaca_en_demo"]))
         );
-        assert_eq!(Vec::<String>::from_value(&Value::Str("none".into())), Some(vec!["none".to_string()]));
-        assert_eq!(Stage::from_value(&Value::Str("sft".into())), Some(Stage::Sft));
+        assert_eq!(
+            Vec::<String>::from_value(&Value::Str("none".into())),
+            Some(vec!["none".to_string()])
+        );
+        assert_eq!(
+            Stage::from_value(&Value::Str("sft".into())),
+            Some(Stage::Sft)
+        );
         assert_eq!(Stage::from_value(&Value::Str("SFT".into())), None);
         assert!(SchedulerType::expected().contains("warmup_stable_decay"));
         assert_eq!(

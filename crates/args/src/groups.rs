@@ -4,7 +4,10 @@
 //! Fields keep the values as given; derived values (lora_alpha's 2 x rank, packing's stage default, the
 //! effective cutoff) are methods, so `to_yaml` writes back what the user wrote.
 
-use crate::convert::{ArgKind, ArgType, CommaList, FinetuningType, IntervalStrategy, SaveStrategy, SchedulerType, Stage};
+use crate::convert::{
+    ArgKind, ArgType, CommaList, FinetuningType, IntervalStrategy, SaveStrategy, SchedulerType,
+    Stage,
+};
 use crate::error::{ArgsError, Result};
 use crate::value::Value;
 
@@ -67,13 +70,22 @@ pub(crate) fn choices(key: &str) -> Option<&'static [&'static str]> {
         "mixture_of_depths" => &["convert", "load"],
         "infer_backend" => &["huggingface", "vllm", "sglang"],
         "infer_dtype" => &["auto", "float16", "bfloat16", "float32"],
-        "quantization_method" => &["bnb", "gptq", "awq", "aqlm", "quanto", "eetq", "hqq", "mxfp4", "fp8"],
+        "quantization_method" => &[
+            "bnb", "gptq", "awq", "aqlm", "quanto", "eetq", "hqq", "mxfp4", "fp8",
+        ],
         "quantization_type" => &["fp4", "nf4"],
         "quantization_device_map" => &["auto"],
         "export_device" => &["cpu", "auto"],
         "sglang_lora_backend" => &["triton", "flashinfer"],
-        "mix_strategy" => &["concat", "interleave_under", "interleave_over", "interleave_once"],
-        "log_level" | "log_level_replica" => &["detail", "debug", "info", "warning", "error", "critical", "passive"],
+        "mix_strategy" => &[
+            "concat",
+            "interleave_under",
+            "interleave_over",
+            "interleave_once",
+        ],
+        "log_level" | "log_level_replica" => &[
+            "detail", "debug", "info", "warning", "error", "critical", "passive",
+        ],
         "optim" => crate::convert::OPTIM_NAMES,
         "hub_strategy" => &["end", "every_save", "checkpoint", "all_checkpoints"],
         "half_precision_backend" | "fp16_backend" => &["auto", "apex", "cpu_amp"],
@@ -94,7 +106,11 @@ pub(crate) fn choices(key: &str) -> Option<&'static [&'static str]> {
 fn check_choice(key: &str, parsed: &Value, given: &Value) -> Result<()> {
     if let (Some(allowed), Value::Str(s)) = (choices(key), parsed) {
         if !allowed.contains(&s.as_str()) {
-            return Err(ArgsError::bad(key, given, format!("one of {}", allowed.join(", "))));
+            return Err(ArgsError::bad(
+                key,
+                given,
+                format!("one of {}", allowed.join(", ")),
+            ));
         }
     }
     Ok(())

@@ -7,19 +7,26 @@
 //! - Every key is classified in one table ([`support::SUPPORT`]): implemented, a documented no-op on this
 //!   runtime, or not implemented yet (rejected when set to a non-default value, with the reason).
 //! - [`TrainArgs::to_yaml`] writes a flat YAML LLaMA-Factory reads back (`training_args.yaml`).
-//! - The trainer's log, state, metrics and plot files (modules `logging`, `plot`) follow.
+//! - [`logging`] and [`plot`]: the trainer's files in LLaMA-Factory's formats (`trainer_log.jsonl`,
+//!   `trainer_state.json`, `*_results.json`, `training_loss.png`) and the terminal progress line.
 
 pub mod convert;
 pub mod error;
 pub mod groups;
+pub mod logging;
 mod parse;
+pub mod plot;
 pub mod support;
 mod validate;
 pub mod value;
 
-pub use convert::{CommaList, FinetuningType, IntervalStrategy, Optimizer, SaveStrategy, SchedulerType, Stage};
+pub use convert::{
+    CommaList, FinetuningType, IntervalStrategy, Optimizer, SaveStrategy, SchedulerType, Stage,
+};
 pub use error::{ArgsError, Result};
-pub use groups::{DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments};
+pub use groups::{
+    DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments,
+};
 pub use support::{support, Support};
 pub use value::Value;
 
@@ -62,12 +69,16 @@ pub struct ParseOptions {
 impl ParseOptions {
     /// From the environment, as LLaMA-Factory's `is_env_enabled` reads it (`true`, `y` or `1`).
     pub fn from_env() -> ParseOptions {
-        ParseOptions { allow_extra_args: env_enabled("ALLOW_EXTRA_ARGS") }
+        ParseOptions {
+            allow_extra_args: env_enabled("ALLOW_EXTRA_ARGS"),
+        }
     }
 }
 
 fn env_enabled(name: &str) -> bool {
-    std::env::var(name).map(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "y" | "1")).unwrap_or(false)
+    std::env::var(name)
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "y" | "1"))
+        .unwrap_or(false)
 }
 
 /// The groups an entry point takes, with mutable access by name.
@@ -99,7 +110,10 @@ impl Groups for TrainArgs {
 impl Groups for InferArgs {
     const TRAINING: bool = false;
     fn set(&mut self, key: &str, v: &Value) -> Result<bool> {
-        Ok(self.model.set(key, v)? || self.data.set(key, v)? || self.finetuning.set(key, v)? || self.generating.set(key, v)?)
+        Ok(self.model.set(key, v)?
+            || self.data.set(key, v)?
+            || self.finetuning.set(key, v)?
+            || self.generating.set(key, v)?)
     }
     fn get(&self, key: &str) -> Option<Value> {
         self.model
@@ -113,13 +127,23 @@ impl Groups for InferArgs {
 fn group_kind(key: &str, training: bool) -> Option<ArgKind> {
     ModelArguments::kind(key)
         .or_else(|| DataArguments::kind(key))
-        .or_else(|| if training { TrainingArguments::kind(key) } else { None })
+        .or_else(|| {
+            if training {
+                TrainingArguments::kind(key)
+            } else {
+                None
+            }
+        })
         .or_else(|| FinetuningArguments::kind(key))
         .or_else(|| GeneratingArguments::kind(key))
 }
 
 fn all_keys(training: bool) -> impl Iterator<Item = &'static str> {
-    let t: &'static [&'static str] = if training { TrainingArguments::KEYS } else { &[] };
+    let t: &'static [&'static str] = if training {
+        TrainingArguments::KEYS
+    } else {
+        &[]
+    };
     ModelArguments::KEYS
         .iter()
         .chain(DataArguments::KEYS)
@@ -130,11 +154,16 @@ fn all_keys(training: bool) -> impl Iterator<Item = &'static str> {
 }
 
 /// Reads, types and applies the settings; checks the support table. Validation is the caller's.
-fn build<G: Groups + Default>(args: &[String], opts: ParseOptions) -> Result<(G, Vec<String>, Vec<String>)> {
+fn build<G: Groups + Default>(
+    args: &[String],
+    opts: ParseOptions,
+) -> Result<(G, Vec<String>, Vec<String>)> {
     let defaults = G::default();
     let lookup = |key: &str| -> Option<KeyInfo> {
-        group_kind(key, G::TRAINING)
-            .map(|kind| KeyInfo { kind, default_true: defaults.get(key) == Some(Value::Bool(true)) })
+        group_kind(key, G::TRAINING).map(|kind| KeyInfo {
+            kind,
+            default_true: defaults.get(key) == Some(Value::Bool(true)),
+        })
     };
     let entries = parse::collect(args, &lookup)?;
     let mut g = G::default();
@@ -151,22 +180,39 @@ fn build<G: Groups + Default>(args: &[String], opts: ParseOptions) -> Result<(G,
             ignored.push(key.clone());
             continue;
         }
-        let hint = (!G::TRAINING && TrainingArguments::KEYS.contains(&key.as_str()))
-            .then(|| format!("`{key}` is a training argument; chat, api and export do not take it"));
-        let suggestion = if hint.is_some() { None } else { parse::closest(key, all_keys(G::TRAINING)) };
-        return Err(ArgsError::UnknownKey { key: key.clone(), suggestion, hint });
+        let hint = (!G::TRAINING && TrainingArguments::KEYS.contains(&key.as_str())).then(|| {
+            format!("`{key}` is a training argument; chat, api and export do not take it")
+        });
+        let suggestion = if hint.is_some() {
+            None
+        } else {
+            parse::closest(key, all_keys(G::TRAINING))
+        };
+        return Err(ArgsError::UnknownKey {
+            key: key.clone(),
+            suggestion,
+            hint,
+        });
     }
     let mut notes = Vec::new();
     for key in &set_keys {
-        let (Some(now), Some(default)) = (g.get(key), defaults.get(key)) else { continue };
+        let (Some(now), Some(default)) = (g.get(key), defaults.get(key)) else {
+            continue;
+        };
         if now == default {
             continue;
         }
         match support::support(key) {
             Some(Support::Supported) | None => {}
-            Some(Support::NoOp(why)) => notes.push(format!("`{key}` has no effect in ferrotune: {why}")),
+            Some(Support::NoOp(why)) => {
+                notes.push(format!("`{key}` has no effect in ferrotune: {why}"))
+            }
             Some(Support::NotYet(why)) => {
-                return Err(ArgsError::NotImplemented { key: key.clone(), value: now.to_string(), reason: why.into() })
+                return Err(ArgsError::NotImplemented {
+                    key: key.clone(),
+                    value: now.to_string(),
+                    reason: why.into(),
+                })
             }
             Some(Support::Values(allowed, why)) => {
                 let texts: Vec<String> = match &now {
@@ -254,7 +300,11 @@ impl TrainArgs {
 
     /// Whether examples are packed (`packing`, default on for pt only; `neat_packing` implies it).
     pub fn packing(&self) -> bool {
-        self.data.neat_packing || self.data.packing.unwrap_or(self.finetuning.stage == Stage::Pt)
+        self.data.neat_packing
+            || self
+                .data
+                .packing
+                .unwrap_or(self.finetuning.stage == Stage::Pt)
     }
 
     /// LLaMA-Factory's auto-resume (`get_train_args`): with `do_train`, an existing `output_dir` and no
@@ -286,21 +336,55 @@ impl TrainArgs {
     /// out.
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();
-        let groups: [(&str, &[&str], &dyn Fn(&str) -> Option<Value>, &dyn Fn(&str) -> Option<Value>); 5] = [
-            ("model", ModelArguments::KEYS, &|k| self.model.get(k), &|k| ModelArguments::default().get(k)),
-            ("method", FinetuningArguments::KEYS, &|k| self.finetuning.get(k), &|k| FinetuningArguments::default().get(k)),
-            ("dataset", DataArguments::KEYS, &|k| self.data.get(k), &|k| DataArguments::default().get(k)),
-            ("train", TrainingArguments::KEYS, &|k| self.training.get(k), &|k| TrainingArguments::default().get(k)),
-            ("generate", GeneratingArguments::KEYS, &|k| self.generating.get(k), &|k| GeneratingArguments::default().get(k)),
+        type Getter<'a> = &'a dyn Fn(&str) -> Option<Value>;
+        let groups: [(&str, &[&str], Getter, Getter); 5] = [
+            (
+                "model",
+                ModelArguments::KEYS,
+                &|k| self.model.get(k),
+                &|k| ModelArguments::default().get(k),
+            ),
+            (
+                "method",
+                FinetuningArguments::KEYS,
+                &|k| self.finetuning.get(k),
+                &|k| FinetuningArguments::default().get(k),
+            ),
+            (
+                "dataset",
+                DataArguments::KEYS,
+                &|k| self.data.get(k),
+                &|k| DataArguments::default().get(k),
+            ),
+            (
+                "train",
+                TrainingArguments::KEYS,
+                &|k| self.training.get(k),
+                &|k| TrainingArguments::default().get(k),
+            ),
+            (
+                "generate",
+                GeneratingArguments::KEYS,
+                &|k| self.generating.get(k),
+                &|k| GeneratingArguments::default().get(k),
+            ),
         ];
-        const ALWAYS: &[&str] = &["model_name_or_path", "stage", "do_train", "finetuning_type", "output_dir"];
+        const ALWAYS: &[&str] = &[
+            "model_name_or_path",
+            "stage",
+            "do_train",
+            "finetuning_type",
+            "output_dir",
+        ];
         for (title, keys, get, default) in groups {
             let mut section = String::new();
             for key in keys {
                 if key.ends_with("token") || key.ends_with("api_key") {
                     continue;
                 }
-                let (Some(v), Some(d)) = (get(key), default(key)) else { continue };
+                let (Some(v), Some(d)) = (get(key), default(key)) else {
+                    continue;
+                };
                 if v == d && !ALWAYS.contains(key) {
                     continue;
                 }
@@ -309,7 +393,11 @@ impl TrainArgs {
                 }
                 // Step counts typed as floats (HF allows ratios) read better as integers when whole.
                 let v = match v {
-                    Value::Float(x) if key.ends_with("_steps") && x.fract() == 0.0 && x.abs() < 1e15 => Value::Int(x as i64),
+                    Value::Float(x)
+                        if key.ends_with("_steps") && x.fract() == 0.0 && x.abs() < 1e15 =>
+                    {
+                        Value::Int(x as i64)
+                    }
                     other => other,
                 };
                 section.push_str(&format!("{key}: {}\n", yaml_value(&v)));
@@ -395,7 +483,9 @@ impl TrainingArguments {
         if self.max_steps > 0 {
             self.max_steps as usize
         } else {
-            (self.num_train_epochs * update_steps_per_epoch as f64).ceil().max(0.0) as usize
+            (self.num_train_epochs * update_steps_per_epoch as f64)
+                .ceil()
+                .max(0.0) as usize
         }
     }
 
@@ -407,7 +497,8 @@ impl TrainingArguments {
         } else if self.warmup_steps > 0.0 {
             (total as f64 * self.warmup_steps).ceil() as usize
         } else {
-            self.warmup_ratio.map_or(0, |r| (total as f64 * r).ceil() as usize)
+            self.warmup_ratio
+                .map_or(0, |r| (total as f64 * r).ceil() as usize)
         }
     }
 
@@ -475,7 +566,14 @@ pub fn last_checkpoint(dir: &Path) -> Option<PathBuf> {
 fn yaml_value(v: &Value) -> String {
     match v {
         Value::Str(s) => yaml_str(s, false),
-        Value::List(items) => format!("[{}]", items.iter().map(yaml_flow_item).collect::<Vec<_>>().join(", ")),
+        Value::List(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(yaml_flow_item)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Value::Map(entries) => format!(
             "{{{}}}",
             entries
@@ -498,8 +596,11 @@ fn yaml_flow_item(v: &Value) -> String {
 
 fn yaml_str(s: &str, in_flow: bool) -> String {
     let plain_ok = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./-+@".contains(c) || (c == ',' && !in_flow))
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-+@".contains(c) || (c == ',' && !in_flow))
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '/')
         && value::resolve_plain(s) == Value::Str(s.to_string());
     if plain_ok {
         s.to_string()

@@ -14,7 +14,10 @@ pub(crate) struct KeyInfo {
 
 /// One `(key, value)` per setting, in order; later entries win. Keys the lookup does not know are kept:
 /// the caller reports them.
-pub(crate) fn collect(args: &[String], lookup: &dyn Fn(&str) -> Option<KeyInfo>) -> Result<Vec<(String, Value)>> {
+pub(crate) fn collect(
+    args: &[String],
+    lookup: &dyn Fn(&str) -> Option<KeyInfo>,
+) -> Result<Vec<(String, Value)>> {
     let Some(first) = args.first() else {
         return Err(ArgsError::Usage(
             "expected a config file (.yaml, .yml or .json) followed by key=value overrides, or --key value flags"
@@ -27,8 +30,10 @@ pub(crate) fn collect(args: &[String], lookup: &dyn Fn(&str) -> Option<KeyInfo>)
     if !(is_yaml || is_json) {
         return parse_flags(args, lookup);
     }
-    let text = std::fs::read_to_string(first)
-        .map_err(|e| ArgsError::File { path: first.clone(), message: format!("cannot read the config: {e}") })?;
+    let text = std::fs::read_to_string(first).map_err(|e| ArgsError::File {
+        path: first.clone(),
+        message: format!("cannot read the config: {e}"),
+    })?;
     let mut entries = parse_config_text(first, &text, is_json)?;
     for arg in &args[1..] {
         let (key, value) = parse_dotlist_item(arg)?;
@@ -62,7 +67,10 @@ fn merge(entries: &mut Vec<(String, Value)>, key: String, value: Value) {
 
 /// HfArgumentParser's argparse: `--key value`, `--key=value`, `--flag` / `--flag false` / `--no_flag` for
 /// booleans, `--key a b c` for lists. Dashes in names read as underscores (`--learning-rate`).
-fn parse_flags(args: &[String], lookup: &dyn Fn(&str) -> Option<KeyInfo>) -> Result<Vec<(String, Value)>> {
+fn parse_flags(
+    args: &[String],
+    lookup: &dyn Fn(&str) -> Option<KeyInfo>,
+) -> Result<Vec<(String, Value)>> {
     let mut out: Vec<(String, Value)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -70,7 +78,9 @@ fn parse_flags(args: &[String], lookup: &dyn Fn(&str) -> Option<KeyInfo>) -> Res
         i += 1;
         let Some(body) = tok.strip_prefix("--") else {
             if tok.starts_with('-') && tok.len() > 1 {
-                return Err(ArgsError::Usage(format!("`{tok}`: arguments are written --key value")));
+                return Err(ArgsError::Usage(format!(
+                    "`{tok}`: arguments are written --key value"
+                )));
             }
             // A stray positional: argparse leaves it unused; report it as an unknown argument.
             out.push((tok.clone(), Value::Null));
@@ -85,7 +95,9 @@ fn parse_flags(args: &[String], lookup: &dyn Fn(&str) -> Option<KeyInfo>) -> Res
             if let Some(info) = lookup(base) {
                 if info.kind == ArgKind::Bool && info.default_true && lookup(&key).is_none() {
                     if inline.is_some() {
-                        return Err(ArgsError::Usage(format!("`{tok}`: --no_{base} takes no value")));
+                        return Err(ArgsError::Usage(format!(
+                            "`{tok}`: --no_{base} takes no value"
+                        )));
                     }
                     out.push((base.to_string(), Value::Bool(false)));
                     continue;
@@ -118,7 +130,9 @@ fn parse_flags(args: &[String], lookup: &dyn Fn(&str) -> Option<KeyInfo>) -> Res
                     i += 1;
                 }
                 if items.is_empty() {
-                    return Err(ArgsError::Usage(format!("argument --{key}: expected at least one value")));
+                    return Err(ArgsError::Usage(format!(
+                        "argument --{key}: expected at least one value"
+                    )));
                 }
                 Value::List(items)
             }
@@ -127,7 +141,9 @@ fn parse_flags(args: &[String], lookup: &dyn Fn(&str) -> Option<KeyInfo>) -> Res
                     i += 1;
                     Value::Str(args[i - 1].clone())
                 } else {
-                    return Err(ArgsError::Usage(format!("argument --{key}: expected one value")));
+                    return Err(ArgsError::Usage(format!(
+                        "argument --{key}: expected one value"
+                    )));
                 }
             }
         };
@@ -177,10 +193,22 @@ mod tests {
 
     fn lookup(k: &str) -> Option<KeyInfo> {
         match k {
-            "do_train" => Some(KeyInfo { kind: ArgKind::Bool, default_true: false }),
-            "use_fast_tokenizer" => Some(KeyInfo { kind: ArgKind::Bool, default_true: true }),
-            "report_to" => Some(KeyInfo { kind: ArgKind::List, default_true: false }),
-            "learning_rate" | "max_steps" => Some(KeyInfo { kind: ArgKind::Scalar, default_true: false }),
+            "do_train" => Some(KeyInfo {
+                kind: ArgKind::Bool,
+                default_true: false,
+            }),
+            "use_fast_tokenizer" => Some(KeyInfo {
+                kind: ArgKind::Bool,
+                default_true: true,
+            }),
+            "report_to" => Some(KeyInfo {
+                kind: ArgKind::List,
+                default_true: false,
+            }),
+            "learning_rate" | "max_steps" => Some(KeyInfo {
+                kind: ArgKind::Scalar,
+                default_true: false,
+            }),
             _ => None,
         }
     }
@@ -192,14 +220,26 @@ mod tests {
     #[test]
     fn flags() {
         let got = collect(
-            &s(&["--do_train", "--learning-rate", "1e-4", "--max_steps=-1", "--report_to", "a", "b", "--no_use_fast_tokenizer"]),
+            &s(&[
+                "--do_train",
+                "--learning-rate",
+                "1e-4",
+                "--max_steps=-1",
+                "--report_to",
+                "a",
+                "b",
+                "--no_use_fast_tokenizer",
+            ]),
             &lookup,
         )
         .unwrap();
         assert_eq!(got[0], ("do_train".into(), Value::Bool(true)));
         assert_eq!(got[1], ("learning_rate".into(), Value::Str("1e-4".into())));
         assert_eq!(got[2], ("max_steps".into(), Value::Str("-1".into())));
-        assert_eq!(got[3].1, Value::List(vec![Value::Str("a".into()), Value::Str("b".into())]));
+        assert_eq!(
+            got[3].1,
+            Value::List(vec![Value::Str("a".into()), Value::Str("b".into())])
+        );
         assert_eq!(got[4], ("use_fast_tokenizer".into(), Value::Bool(false)));
         let got = collect(&s(&["--do_train", "false", "--max_steps", "-5"]), &lookup).unwrap();
         assert_eq!(got[0].1, Value::Str("false".into()));
@@ -212,22 +252,48 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        let keys = ["learning_rate", "lora_target", "lora_rank", "num_train_epochs"];
-        assert_eq!(closest("learnig_rate", keys.iter().copied()).as_deref(), Some("learning_rate"));
-        assert_eq!(closest("lora_targets", keys.iter().copied()).as_deref(), Some("lora_target"));
-        assert_eq!(closest("num-train-epochs", keys.iter().copied()).as_deref(), Some("num_train_epochs"));
+        let keys = [
+            "learning_rate",
+            "lora_target",
+            "lora_rank",
+            "num_train_epochs",
+        ];
+        assert_eq!(
+            closest("learnig_rate", keys.iter().copied()).as_deref(),
+            Some("learning_rate")
+        );
+        assert_eq!(
+            closest("lora_targets", keys.iter().copied()).as_deref(),
+            Some("lora_target")
+        );
+        assert_eq!(
+            closest("num-train-epochs", keys.iter().copied()).as_deref(),
+            Some("num_train_epochs")
+        );
         assert_eq!(closest("zzzzzzzzzzzz", keys.iter().copied()), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
     fn overrides_merge() {
-        let mut e = vec![("a".to_string(), Value::Int(1)), ("k".to_string(), Value::Map(vec![("x".into(), Value::Int(1))]))];
+        let mut e = vec![
+            ("a".to_string(), Value::Int(1)),
+            (
+                "k".to_string(),
+                Value::Map(vec![("x".into(), Value::Int(1))]),
+            ),
+        ];
         merge(&mut e, "a".into(), Value::Int(2));
         merge(&mut e, "k.y".into(), Value::Int(3));
         merge(&mut e, "b".into(), Value::Null);
         assert_eq!(e[0].1, Value::Int(2));
-        assert_eq!(e[1].1, Value::Map(vec![("x".into(), Value::Int(1)), ("y".into(), Value::Int(3))]));
+        assert_eq!(
+            e[1].1,
+            Value::Map(vec![
+                ("x".into(), Value::Int(1)),
+                ("y".into(), Value::Int(3))
+            ])
+        );
         assert_eq!(e[2], ("b".into(), Value::Null));
     }
 }

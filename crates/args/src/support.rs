@@ -417,3 +417,44 @@ pub fn support_counts() -> (usize, usize, usize, usize) {
     }
     n
 }
+
+/// The table as Markdown (crates/args/SUPPORT.md is this text; a test keeps it current).
+pub fn support_markdown() -> String {
+    use crate::groups::{DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments};
+    let (s, n, y, v) = support_counts();
+    let mut out = String::from(
+        "# LLaMA-Factory keys in ferrotune\n\n\
+         Generated from `crates/args/src/support.rs` (`SUPPORT`); run\n\
+         `FERROTUNE_BLESS=1 cargo test -p ferrotune-args support_doc` after editing the table.\n\n\
+         - **supported**: implemented.\n\
+         - **no-op**: accepted and ignored (the reason says why it has no meaning here); `ferrotune` prints a note\n  \
+           when one is set to a non-default value.\n\
+         - **not yet**: a LLaMA-Factory feature ferrotune does not implement; any non-default value is an error\n  \
+           with this reason.\n\
+         - **only ...**: just these values are implemented; other values are an error with the reason.\n\n",
+    );
+    out.push_str(&format!(
+        "{} keys: {s} supported, {n} no-op, {y} not yet, {v} value-restricted.\n",
+        s + n + y + v
+    ));
+    let groups: [(&str, &[&str]); 5] = [
+        ("ModelArguments", ModelArguments::KEYS),
+        ("DataArguments", DataArguments::KEYS),
+        ("TrainingArguments", TrainingArguments::KEYS),
+        ("FinetuningArguments", FinetuningArguments::KEYS),
+        ("GeneratingArguments", GeneratingArguments::KEYS),
+    ];
+    for (title, keys) in groups {
+        out.push_str(&format!("\n## {title}\n\n| key | ferrotune | why |\n|---|---|---|\n"));
+        for key in keys {
+            let (what, why) = match support(key) {
+                Some(Supported) | None => ("supported".to_string(), String::new()),
+                Some(NoOp(r)) => ("no-op".to_string(), r.to_string()),
+                Some(NotYet(r)) => ("not yet".to_string(), r.to_string()),
+                Some(Values(vals, r)) => (format!("only {}", vals.join(", ")), r.to_string()),
+            };
+            out.push_str(&format!("| `{key}` | {what} | {} |\n", why.replace('|', "\\|")));
+        }
+    }
+    out
+}

@@ -20,7 +20,9 @@ fn argv(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-const STRICT: ParseOptions = ParseOptions { allow_extra_args: false };
+const STRICT: ParseOptions = ParseOptions {
+    allow_extra_args: false,
+};
 
 fn train(args: &[String]) -> Result<TrainArgs> {
     parse_train_args_with(args, STRICT)
@@ -84,7 +86,10 @@ fn canonical_lora_sft_parses_with_exact_values() {
     let d = tmpdir("sft");
     let cfg = write(&d, "qwen3_lora_sft.yaml", QWEN3_LORA_SFT);
     let a = train(&argv(&[&cfg])).unwrap();
-    assert_eq!(a.model.model_name_or_path.as_deref(), Some("Qwen/Qwen3-4B-Instruct-2507"));
+    assert_eq!(
+        a.model.model_name_or_path.as_deref(),
+        Some("Qwen/Qwen3-4B-Instruct-2507")
+    );
     assert!(a.model.trust_remote_code);
     assert_eq!(a.finetuning.stage, Stage::Sft);
     assert_eq!(a.finetuning.finetuning_type, FinetuningType::Lora);
@@ -92,7 +97,10 @@ fn canonical_lora_sft_parses_with_exact_values() {
     assert_eq!(a.finetuning.lora_alpha, None);
     assert_eq!(a.finetuning.lora_alpha_value(), 16);
     assert_eq!(*a.finetuning.lora_target, vec!["all".to_string()]);
-    assert_eq!(a.data.dataset.as_deref().map(|d| d.to_vec()), Some(vec!["identity".into(), "alpaca_en_demo".into()]));
+    assert_eq!(
+        a.data.dataset.as_deref().map(|d| d.to_vec()),
+        Some(vec!["identity".into(), "alpaca_en_demo".into()])
+    );
     assert_eq!(a.data.template.as_deref(), Some("qwen3_nothink"));
     assert_eq!(a.data.cutoff_len, 2048);
     assert_eq!(a.data.max_samples, Some(1000));
@@ -112,8 +120,17 @@ fn canonical_lora_sft_parses_with_exact_values() {
     assert!(!a.packing());
     assert_eq!(a.training.optimizer(), Some(Optimizer::AdamW));
     // The launcher/dataloader knobs are accepted, and said to do nothing.
-    for k in ["trust_remote_code", "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout"] {
-        assert!(a.notes.iter().any(|n| n.contains(&format!("`{k}`"))), "no note for {k}: {:?}", a.notes);
+    for k in [
+        "trust_remote_code",
+        "preprocessing_num_workers",
+        "dataloader_num_workers",
+        "ddp_timeout",
+    ] {
+        assert!(
+            a.notes.iter().any(|n| n.contains(&format!("`{k}`"))),
+            "no note for {k}: {:?}",
+            a.notes
+        );
     }
 }
 
@@ -141,7 +158,10 @@ fn overrides_win_and_are_typed() {
     assert!(!a.training.bf16);
     assert_eq!(a.training.max_steps, 20);
     assert_eq!(a.training.total_steps(1000), 20);
-    assert_eq!(a.training.lr_scheduler_kwargs, Value::Map(vec![("min_lr".into(), Value::Float(1e-6))]));
+    assert_eq!(
+        a.training.lr_scheduler_kwargs,
+        Value::Map(vec![("min_lr".into(), Value::Float(1e-6))])
+    );
 }
 
 #[test]
@@ -154,14 +174,39 @@ fn json_config_and_flags_match_yaml() {
     assert_eq!(a.finetuning.lora_rank, 2);
     assert_eq!(a.training.num_train_epochs, 1.0);
     let b = train(&argv(&[
-        "--model_name_or_path", "m", "--stage", "sft", "--do_train", "--dataset", "alpaca_en_demo", "--template",
-        "llama3", "--output_dir", "o", "--learning_rate", "1e-4", "--num_train_epochs", "1", "--lora_rank", "2",
+        "--model_name_or_path",
+        "m",
+        "--stage",
+        "sft",
+        "--do_train",
+        "--dataset",
+        "alpaca_en_demo",
+        "--template",
+        "llama3",
+        "--output_dir",
+        "o",
+        "--learning_rate",
+        "1e-4",
+        "--num_train_epochs",
+        "1",
+        "--lora_rank",
+        "2",
     ]))
     .unwrap();
     assert_eq!(a, b);
     let c = train(&argv(&[
-        "--model_name_or_path=m", "--do_train", "true", "--dataset", "alpaca_en_demo", "--no_use_fast_tokenizer",
-        "--report_to", "none", "--max_steps", "-1", "--num_train_epochs", "2",
+        "--model_name_or_path=m",
+        "--do_train",
+        "true",
+        "--dataset",
+        "alpaca_en_demo",
+        "--no_use_fast_tokenizer",
+        "--report_to",
+        "none",
+        "--max_steps",
+        "-1",
+        "--num_train_epochs",
+        "2",
     ]))
     .unwrap();
     assert!(c.training.do_train && !c.model.use_fast_tokenizer);
@@ -175,13 +220,22 @@ fn typos_suggest_the_right_key() {
         ("learnig_rate: 1.0e-4", "learning_rate"),
         ("lora_targets: all", "lora_target"),
         ("num_train_epoch: 3", "num_train_epochs"),
-        ("per_device_train_batchsize: 2", "per_device_train_batch_size"),
+        (
+            "per_device_train_batchsize: 2",
+            "per_device_train_batch_size",
+        ),
         ("gradient_accumulation: 4", "gradient_accumulation_steps"),
     ] {
-        let cfg = write(&d, "t.yaml", &format!("model_name_or_path: m\ndataset: a\n{typo}\n"));
+        let cfg = write(
+            &d,
+            "t.yaml",
+            &format!("model_name_or_path: m\ndataset: a\n{typo}\n"),
+        );
         let err = train(&argv(&[&cfg])).unwrap_err();
         match &err {
-            ArgsError::UnknownKey { suggestion, .. } => assert_eq!(suggestion.as_deref(), Some(want), "{typo}"),
+            ArgsError::UnknownKey { suggestion, .. } => {
+                assert_eq!(suggestion.as_deref(), Some(want), "{typo}")
+            }
             other => panic!("{typo}: {other}"),
         }
         let msg = err.to_string();
@@ -189,10 +243,20 @@ fn typos_suggest_the_right_key() {
     }
     // ALLOW_EXTRA_ARGS turns the error into a list of ignored keys.
     let cfg = write(&d, "t.yaml", "model_name_or_path: m\nlearnig_rate: 1\n");
-    let a = parse_train_args_with(&argv(&[&cfg]), ParseOptions { allow_extra_args: true }).unwrap();
+    let a = parse_train_args_with(
+        &argv(&[&cfg]),
+        ParseOptions {
+            allow_extra_args: true,
+        },
+    )
+    .unwrap();
     assert_eq!(a.ignored, vec!["learnig_rate".to_string()]);
     // A training key in a chat config is named as such.
-    let cfg = write(&d, "chat.yaml", "model_name_or_path: m\ntemplate: llama3\nlearning_rate: 1.0e-4\n");
+    let cfg = write(
+        &d,
+        "chat.yaml",
+        "model_name_or_path: m\ntemplate: llama3\nlearning_rate: 1.0e-4\n",
+    );
     let msg = infer(&argv(&[&cfg])).unwrap_err().to_string();
     assert!(msg.contains("training argument"), "{msg}");
 }
@@ -204,7 +268,11 @@ fn values_are_typed_with_errors_naming_key_value_and_type() {
         ("learning_rate: fast", "learning_rate", "a number"),
         ("lora_rank: 8.5", "lora_rank", "an integer"),
         ("do_train: maybe", "do_train", "a boolean"),
-        ("lr_scheduler_type: cosine_annealing", "lr_scheduler_type", "one of linear, cosine"),
+        (
+            "lr_scheduler_type: cosine_annealing",
+            "lr_scheduler_type",
+            "one of linear, cosine",
+        ),
         ("flash_attn: fa4", "flash_attn", "one of auto, disabled"),
         ("template: true", "template", "a string"),
         ("optim: adam", "optim", "one of adamw_torch"),
@@ -214,7 +282,10 @@ fn values_are_typed_with_errors_naming_key_value_and_type() {
         let err = train(&argv(&[&cfg])).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ArgsError::BadValue { .. }), "{line}: {msg}");
-        assert!(msg.contains(&format!("`{key}`")) && msg.contains(expected), "{line}: {msg}");
+        assert!(
+            msg.contains(&format!("`{key}`")) && msg.contains(expected),
+            "{line}: {msg}"
+        );
         let value = line.split_once(": ").unwrap().1;
         assert!(msg.contains(value), "{line}: {msg}");
     }
@@ -252,8 +323,16 @@ fn reference_examples_of_unimplemented_features_are_rejected_with_reasons() {
         "rm, ppo, dpo and kto are not yet",
     );
     // KTO, reward model, PPO (v0.9.3).
-    expect_not_implemented("model_name_or_path: m\nstage: kto\ndo_train: true\ndataset: kto_en_demo\npref_beta: 0.1\n", "stage", "kto");
-    expect_not_implemented("model_name_or_path: m\nstage: rm\ndo_train: true\ndataset: dpo_en_demo\n", "stage", "rm");
+    expect_not_implemented(
+        "model_name_or_path: m\nstage: kto\ndo_train: true\ndataset: kto_en_demo\npref_beta: 0.1\n",
+        "stage",
+        "kto",
+    );
+    expect_not_implemented(
+        "model_name_or_path: m\nstage: rm\ndo_train: true\ndataset: dpo_en_demo\n",
+        "stage",
+        "rm",
+    );
     expect_not_implemented(
         "model_name_or_path: m\nreward_model: saves/reward\nstage: ppo\ndo_train: true\nfinetuning_type: lora\n\
          dataset: identity\nmax_new_tokens: 512\ntop_k: 0\ntop_p: 0.9\n",
@@ -291,13 +370,37 @@ fn reference_examples_of_unimplemented_features_are_rejected_with_reasons() {
         "tokenized",
     );
     // GaLore / BAdam / DoRA / trackers.
-    expect_not_implemented("model_name_or_path: m\ndataset: a\nfinetuning_type: full\nuse_galore: true\n", "use_galore", "GaLore");
-    expect_not_implemented("model_name_or_path: m\ndataset: a\nfinetuning_type: full\nuse_badam: true\n", "use_badam", "BAdam");
-    expect_not_implemented("model_name_or_path: m\ndataset: a\nuse_dora: true\n", "use_dora", "DoRA");
-    expect_not_implemented("model_name_or_path: m\ndataset: a\nreport_to: wandb\n", "report_to", "trackers");
-    expect_not_implemented("model_name_or_path: m\ndataset: a\noptim: adamw_8bit\n", "optim", "adamw_torch");
+    expect_not_implemented(
+        "model_name_or_path: m\ndataset: a\nfinetuning_type: full\nuse_galore: true\n",
+        "use_galore",
+        "GaLore",
+    );
+    expect_not_implemented(
+        "model_name_or_path: m\ndataset: a\nfinetuning_type: full\nuse_badam: true\n",
+        "use_badam",
+        "BAdam",
+    );
+    expect_not_implemented(
+        "model_name_or_path: m\ndataset: a\nuse_dora: true\n",
+        "use_dora",
+        "DoRA",
+    );
+    expect_not_implemented(
+        "model_name_or_path: m\ndataset: a\nreport_to: wandb\n",
+        "report_to",
+        "trackers",
+    );
+    expect_not_implemented(
+        "model_name_or_path: m\ndataset: a\noptim: adamw_8bit\n",
+        "optim",
+        "adamw_torch",
+    );
     expect_not_implemented("model_name_or_path: m\ndataset: a\nlr_scheduler_type: greedy\neval_strategy: steps\nval_size: 0.1\n", "lr_scheduler_type", "schedule");
-    expect_not_implemented("model_name_or_path: m\ndataset: a\nfinetuning_type: oft\n", "finetuning_type", "OFT");
+    expect_not_implemented(
+        "model_name_or_path: m\ndataset: a\nfinetuning_type: oft\n",
+        "finetuning_type",
+        "OFT",
+    );
 }
 
 #[test]
@@ -352,7 +455,10 @@ fn pretrain_predict_and_freeze_examples() {
          neat_packing: true\n",
     );
     let a = train(&argv(&[&cfg])).unwrap();
-    assert_eq!(a.finetuning.freeze_trainable_modules.to_vec(), vec!["mlp".to_string(), "self_attn".into()]);
+    assert_eq!(
+        a.finetuning.freeze_trainable_modules.to_vec(),
+        vec!["mlp".to_string(), "self_attn".into()]
+    );
     assert!(a.packing());
     assert_eq!(a.data.effective_cutoff_len(), 2047);
 }
@@ -369,7 +475,10 @@ fn inference_and_export_examples_parse() {
          trust_remote_code: true\n",
     );
     let a = infer(&argv(&[&cfg])).unwrap();
-    assert_eq!(a.model.adapter_name_or_path.as_ref().map(|x| x.len()), Some(1));
+    assert_eq!(
+        a.model.adapter_name_or_path.as_ref().map(|x| x.len()),
+        Some(1)
+    );
     assert_eq!(a.generating.temperature, 0.95);
     assert_eq!(a.generating.top_p, 0.7);
     assert_eq!(a.generating.top_k, 50);
@@ -383,7 +492,10 @@ fn inference_and_export_examples_parse() {
          export_device: cpu  # choices: [cpu, auto]\nexport_legacy_format: false\n",
     );
     let a = infer(&argv(&[&cfg])).unwrap();
-    assert_eq!(a.model.export_dir.as_deref(), Some("saves/qwen3_sft_merged"));
+    assert_eq!(
+        a.model.export_dir.as_deref(),
+        Some("saves/qwen3_sft_merged")
+    );
     // examples/merge_lora/qwen3_gptq.yaml
     let cfg = write(
         &d,
@@ -397,9 +509,16 @@ fn inference_and_export_examples_parse() {
         other => panic!("{other}"),
     }
     // vLLM is refused with the reason.
-    let cfg = write(&d, "vllm.yaml", "model_name_or_path: m\ninfer_backend: vllm\n");
+    let cfg = write(
+        &d,
+        "vllm.yaml",
+        "model_name_or_path: m\ninfer_backend: vllm\n",
+    );
     let msg = infer(&argv(&[&cfg])).unwrap_err().to_string();
-    assert!(msg.contains("infer_backend") && msg.contains("vLLM"), "{msg}");
+    assert!(
+        msg.contains("infer_backend") && msg.contains("vLLM"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -407,24 +526,75 @@ fn cross_argument_rules_use_llamafactory_reasons() {
     let d = tmpdir("cross");
     let base = "model_name_or_path: m\ndataset: a\ndo_train: true\n";
     let cases = [
-        ("train_on_prompt: true\nmask_history: true\n", "`mask_history` is incompatible with `train_on_prompt`."),
-        ("bf16: true\nfp16: true\n", "At most one of fp16 and bf16 can be True, but not both"),
-        ("val_size: 0.1\neval_dataset: b\n", "Cannot specify `val_size` if `eval_dataset` is not None."),
-        ("do_eval: true\n", "Please make sure eval_dataset be provided or val_size >1e-6"),
-        ("eval_strategy: steps\n", "Please make sure eval_dataset be provided or val_size >1e-6"),
-        ("stage: pt\nneat_packing: true\n", "`neat_packing` cannot be set as True except SFT."),
-        ("stage: pt\ntrain_on_prompt: true\n", "`train_on_prompt` or `mask_history` cannot be set as True except SFT."),
-        ("do_predict: true\neval_dataset: b\n", "Please enable `predict_with_generate` to save model predictions."),
-        ("predict_with_generate: true\ncompute_accuracy: true\nval_size: 0.1\n", "Cannot use `predict_with_generate` and `compute_accuracy` together."),
-        ("finetuning_type: full\nadapter_name_or_path: x\n", "Adapter is only valid for the LoRA method."),
-        ("finetuning_type: freeze\nuse_rslora: true\n", "`use_rslora` is only valid for LoRA training."),
-        ("finetuning_type: full\nloraplus_lr_ratio: 16\n", "`loraplus_lr_ratio` is only valid for LoRA training."),
-        ("lr_scheduler_type: reduce_lr_on_plateau\n", "lr_scheduler_type reduce_lr_on_plateau requires an eval strategy"),
-        ("logging_steps: 2.5\n", "--logging_steps must be an integer if bigger than 1: 2.5"),
-        ("mix_strategy: concat\ninterleave_probs: 0.5,0.5\n", "`interleave_probs` is only valid for interleaved mixing."),
+        (
+            "train_on_prompt: true\nmask_history: true\n",
+            "`mask_history` is incompatible with `train_on_prompt`.",
+        ),
+        (
+            "bf16: true\nfp16: true\n",
+            "At most one of fp16 and bf16 can be True, but not both",
+        ),
+        (
+            "val_size: 0.1\neval_dataset: b\n",
+            "Cannot specify `val_size` if `eval_dataset` is not None.",
+        ),
+        (
+            "do_eval: true\n",
+            "Please make sure eval_dataset be provided or val_size >1e-6",
+        ),
+        (
+            "eval_strategy: steps\n",
+            "Please make sure eval_dataset be provided or val_size >1e-6",
+        ),
+        (
+            "stage: pt\nneat_packing: true\n",
+            "`neat_packing` cannot be set as True except SFT.",
+        ),
+        (
+            "stage: pt\ntrain_on_prompt: true\n",
+            "`train_on_prompt` or `mask_history` cannot be set as True except SFT.",
+        ),
+        (
+            "do_predict: true\neval_dataset: b\n",
+            "Please enable `predict_with_generate` to save model predictions.",
+        ),
+        (
+            "predict_with_generate: true\ncompute_accuracy: true\nval_size: 0.1\n",
+            "Cannot use `predict_with_generate` and `compute_accuracy` together.",
+        ),
+        (
+            "finetuning_type: full\nadapter_name_or_path: x\n",
+            "Adapter is only valid for the LoRA method.",
+        ),
+        (
+            "finetuning_type: freeze\nuse_rslora: true\n",
+            "`use_rslora` is only valid for LoRA training.",
+        ),
+        (
+            "finetuning_type: full\nloraplus_lr_ratio: 16\n",
+            "`loraplus_lr_ratio` is only valid for LoRA training.",
+        ),
+        (
+            "lr_scheduler_type: reduce_lr_on_plateau\n",
+            "lr_scheduler_type reduce_lr_on_plateau requires an eval strategy",
+        ),
+        (
+            "logging_steps: 2.5\n",
+            "--logging_steps must be an integer if bigger than 1: 2.5",
+        ),
+        (
+            "mix_strategy: concat\ninterleave_probs: 0.5,0.5\n",
+            "`interleave_probs` is only valid for interleaved mixing.",
+        ),
         ("num_train_epochs: 0\n", "nothing to train"),
-        ("dataloader_prefetch_factor: 2\n", "--dataloader_prefetch_factor can only be set"),
-        ("warmup_ratio: 1.5\n", "warmup_ratio must lie in range [0,1]"),
+        (
+            "dataloader_prefetch_factor: 2\n",
+            "--dataloader_prefetch_factor can only be set",
+        ),
+        (
+            "warmup_ratio: 1.5\n",
+            "warmup_ratio must lie in range [0,1]",
+        ),
     ];
     for (extra, want) in cases {
         let cfg = write(&d, "t.yaml", &format!("{base}{extra}"));
@@ -435,11 +605,21 @@ fn cross_argument_rules_use_llamafactory_reasons() {
         assert!(msg.contains(want), "{extra}: {msg}");
     }
     let cfg = write(&d, "t.yaml", "dataset: a\n");
-    assert!(train(&argv(&[&cfg])).unwrap_err().to_string().contains("Please provide `model_name_or_path`."));
+    assert!(train(&argv(&[&cfg]))
+        .unwrap_err()
+        .to_string()
+        .contains("Please provide `model_name_or_path`."));
     let cfg = write(&d, "t.yaml", "model_name_or_path: m\ndo_train: true\n");
-    assert!(train(&argv(&[&cfg])).unwrap_err().to_string().contains("Please specify dataset for training."));
+    assert!(train(&argv(&[&cfg]))
+        .unwrap_err()
+        .to_string()
+        .contains("Please specify dataset for training."));
     // eval_strategy turns do_eval on, as in HF.
-    let cfg = write(&d, "t.yaml", &format!("{base}eval_strategy: steps\nval_size: 0.1\neval_steps: 50\n"));
+    let cfg = write(
+        &d,
+        "t.yaml",
+        &format!("{base}eval_strategy: steps\nval_size: 0.1\neval_steps: 50\n"),
+    );
     let a = train(&argv(&[&cfg])).unwrap();
     assert!(a.training.do_eval);
     assert_eq!(a.training.eval_steps_value(), 50.0);
@@ -461,9 +641,18 @@ fn to_yaml_round_trips() {
     ]))
     .unwrap();
     let yaml = a.to_yaml();
-    assert!(yaml.starts_with("### model\nmodel_name_or_path: Qwen/Qwen3-4B-Instruct-2507\n"), "{yaml}");
-    assert!(!yaml.contains("secret"), "tokens must not be written: {yaml}");
-    assert!(yaml.contains("dataset: identity,alpaca_en_demo\n"), "{yaml}");
+    assert!(
+        yaml.starts_with("### model\nmodel_name_or_path: Qwen/Qwen3-4B-Instruct-2507\n"),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains("secret"),
+        "tokens must not be written: {yaml}"
+    );
+    assert!(
+        yaml.contains("dataset: identity,alpaca_en_demo\n"),
+        "{yaml}"
+    );
     assert!(yaml.contains("learning_rate: 0.0001\n"), "{yaml}");
     let out = write(&d, "training_args.yaml", &yaml);
     let b = train(&argv(&[&out])).unwrap();
@@ -502,7 +691,10 @@ fn support_table_covers_every_key_once() {
                 Value::List(items) => items.iter().filter_map(Value::scalar_text).collect(),
                 other => other.scalar_text().into_iter().collect(),
             };
-            assert!(texts.iter().all(|t| allowed.contains(&t.as_str())), "{key}: default {d} not allowed");
+            assert!(
+                texts.iter().all(|t| allowed.contains(&t.as_str())),
+                "{key}: default {d} not allowed"
+            );
         }
     }
 }
@@ -542,16 +734,30 @@ fn auto_resume_picks_the_last_checkpoint() {
     std::fs::create_dir_all(out.join("checkpoint-50")).unwrap();
     std::fs::create_dir_all(out.join("checkpoint-100")).unwrap();
     std::fs::create_dir_all(out.join("checkpoint-x")).unwrap();
-    let cfg = write(&d, "c.yaml", &format!("model_name_or_path: m\ndataset: a\ndo_train: true\noutput_dir: {}\n", out.display()));
+    let cfg = write(
+        &d,
+        "c.yaml",
+        &format!(
+            "model_name_or_path: m\ndataset: a\ndo_train: true\noutput_dir: {}\n",
+            out.display()
+        ),
+    );
     let mut a = train(&argv(&[&cfg])).unwrap();
-    assert_eq!(a.resolve_resume().unwrap(), Some(out.join("checkpoint-100")));
+    assert_eq!(
+        a.resolve_resume().unwrap(),
+        Some(out.join("checkpoint-100"))
+    );
     let mut b = train(&argv(&[&cfg, "overwrite_output_dir=true"])).unwrap();
     assert_eq!(b.resolve_resume().unwrap(), None);
     let out2 = d.join("weights");
     std::fs::create_dir_all(&out2).unwrap();
     std::fs::write(out2.join("adapter_model.safetensors"), b"x").unwrap();
     let mut c = train(&argv(&[&cfg, &format!("output_dir={}", out2.display())])).unwrap();
-    assert!(c.resolve_resume().unwrap_err().to_string().contains("Please set `overwrite_output_dir`"));
+    assert!(c
+        .resolve_resume()
+        .unwrap_err()
+        .to_string()
+        .contains("Please set `overwrite_output_dir`"));
 }
 
 #[test]
@@ -559,11 +765,40 @@ fn usage_errors() {
     assert!(matches!(train(&[]), Err(ArgsError::Usage(_))));
     let d = tmpdir("usage");
     let cfg = write(&d, "c.yaml", "model_name_or_path: m\n");
-    assert!(matches!(train(&argv(&[&cfg, "--learning_rate", "1"])), Err(ArgsError::Usage(_))));
-    assert!(matches!(train(&argv(&["/nonexistent/x.yaml"])), Err(ArgsError::File { .. })));
+    assert!(matches!(
+        train(&argv(&[&cfg, "--learning_rate", "1"])),
+        Err(ArgsError::Usage(_))
+    ));
+    assert!(matches!(
+        train(&argv(&["/nonexistent/x.yaml"])),
+        Err(ArgsError::File { .. })
+    ));
     let bad = write(&d, "bad.yaml", "- a\n- b\n");
-    assert!(train(&argv(&[&bad])).unwrap_err().to_string().contains("mapping"));
-    let dup = write(&d, "dup.yaml", "model_name_or_path: m\nmodel_name_or_path: n\n");
-    assert!(train(&argv(&[&dup])).unwrap_err().to_string().contains("duplicate key"));
+    assert!(train(&argv(&[&bad]))
+        .unwrap_err()
+        .to_string()
+        .contains("mapping"));
+    let dup = write(
+        &d,
+        "dup.yaml",
+        "model_name_or_path: m\nmodel_name_or_path: n\n",
+    );
+    assert!(train(&argv(&[&dup]))
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate key"));
 }
 
+#[test]
+fn support_doc_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("SUPPORT.md");
+    let text = support::support_markdown();
+    if std::env::var("FERROTUNE_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == text,
+        "crates/args/SUPPORT.md is out of date: run FERROTUNE_BLESS=1 cargo test -p ferrotune-args support_doc"
+    );
+}

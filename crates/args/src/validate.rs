@@ -3,7 +3,9 @@
 
 use crate::convert::{FinetuningType, IntervalStrategy, SaveStrategy, SchedulerType, Stage};
 use crate::error::{ArgsError, Result};
-use crate::groups::{DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments};
+use crate::groups::{
+    DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments,
+};
 
 fn fail<T>(msg: impl Into<String>) -> Result<T> {
     Err(ArgsError::invalid(msg))
@@ -11,7 +13,10 @@ fn fail<T>(msg: impl Into<String>) -> Result<T> {
 
 /// `ModelArguments.__post_init__` (base, processor, export).
 pub(crate) fn model(m: &ModelArguments) -> Result<()> {
-    if m.model_name_or_path.as_deref().is_none_or(|s| s.trim().is_empty()) {
+    if m.model_name_or_path
+        .as_deref()
+        .is_none_or(|s| s.trim().is_empty())
+    {
         return fail("Please provide `model_name_or_path`.");
     }
     if m.image_max_pixels < m.image_min_pixels {
@@ -24,7 +29,10 @@ pub(crate) fn model(m: &ModelArguments) -> Result<()> {
         return fail("Quantization dataset is necessary for exporting.");
     }
     if m.export_size < 1 {
-        return fail(format!("`export_size` is the shard size in GB and must be at least 1, got {}", m.export_size));
+        return fail(format!(
+            "`export_size` is the shard size in GB and must be at least 1, got {}",
+            m.export_size
+        ));
     }
     Ok(())
 }
@@ -32,7 +40,10 @@ pub(crate) fn model(m: &ModelArguments) -> Result<()> {
 /// `DataArguments.__post_init__`.
 pub(crate) fn data(d: &DataArguments) -> Result<()> {
     if d.cutoff_len < 1 {
-        return fail(format!("`cutoff_len` must be at least 1, got {}", d.cutoff_len));
+        return fail(format!(
+            "`cutoff_len` must be at least 1, got {}",
+            d.cutoff_len
+        ));
     }
     if !d.val_size.is_finite() || d.val_size < 0.0 {
         return fail(format!(
@@ -62,7 +73,10 @@ pub(crate) fn data(d: &DataArguments) -> Result<()> {
         if d.dataset.as_ref().is_some_and(|ds| ds.len() != probs.len()) {
             return fail("The length of dataset and interleave probs should be identical.");
         }
-        if d.eval_dataset.as_ref().is_some_and(|ds| ds.len() != probs.len()) {
+        if d.eval_dataset
+            .as_ref()
+            .is_some_and(|ds| ds.len() != probs.len())
+        {
             return fail("The length of eval dataset and interleave probs should be identical.");
         }
     }
@@ -85,16 +99,27 @@ pub(crate) fn data(d: &DataArguments) -> Result<()> {
 
 /// `FinetuningArguments.__post_init__`.
 pub(crate) fn finetuning(f: &FinetuningArguments) -> Result<()> {
-    for (key, bit) in [("ref_model_quantization_bit", f.ref_model_quantization_bit), ("reward_model_quantization_bit", f.reward_model_quantization_bit)] {
+    for (key, bit) in [
+        ("ref_model_quantization_bit", f.ref_model_quantization_bit),
+        (
+            "reward_model_quantization_bit",
+            f.reward_model_quantization_bit,
+        ),
+    ] {
         if bit.is_some_and(|b| b != 4 && b != 8) {
-            return fail(format!("`{key}`: We only accept 4-bit or 8-bit quantization."));
+            return fail(format!(
+                "`{key}`: We only accept 4-bit or 8-bit quantization."
+            ));
         }
     }
     let use_ref_model = f.stage == Stage::Dpo && !matches!(f.pref_loss.as_str(), "orpo" | "simpo");
     if f.stage == Stage::Ppo && f.reward_model.is_none() {
         return fail("`reward_model` is necessary for PPO training.");
     }
-    if f.stage == Stage::Ppo && f.reward_model_type == "lora" && f.finetuning_type != FinetuningType::Lora {
+    if f.stage == Stage::Ppo
+        && f.reward_model_type == "lora"
+        && f.finetuning_type != FinetuningType::Lora
+    {
         return fail("`reward_model_type` cannot be lora for Freeze/Full PPO training.");
     }
     if f.stage == Stage::Dpo && f.pref_loss != "sigmoid" && f.dpo_label_smoothing > 1e-6 {
@@ -128,10 +153,16 @@ pub(crate) fn finetuning(f: &FinetuningArguments) -> Result<()> {
     }
     if f.finetuning_type == FinetuningType::Lora {
         if f.lora_rank < 1 {
-            return fail(format!("`lora_rank` must be at least 1, got {}", f.lora_rank));
+            return fail(format!(
+                "`lora_rank` must be at least 1, got {}",
+                f.lora_rank
+            ));
         }
         if !(0.0..1.0).contains(&f.lora_dropout) {
-            return fail(format!("`lora_dropout` must be in [0, 1), got {}", f.lora_dropout));
+            return fail(format!(
+                "`lora_dropout` must be in [0, 1), got {}",
+                f.lora_dropout
+            ));
         }
         if f.lora_target.is_empty() {
             return fail("`lora_target` is empty: use `all` or a comma list of module names such as q_proj,v_proj");
@@ -141,27 +172,41 @@ pub(crate) fn finetuning(f: &FinetuningArguments) -> Result<()> {
         }
     }
     if f.finetuning_type == FinetuningType::Freeze && f.freeze_trainable_modules.is_empty() {
-        return fail("`freeze_trainable_modules` is empty: use `all` or a comma list such as mlp,self_attn");
+        return fail(
+            "`freeze_trainable_modules` is empty: use `all` or a comma list such as mlp,self_attn",
+        );
     }
     Ok(())
 }
 
 /// `GeneratingArguments`: ranges the sampler needs.
 pub(crate) fn generating(g: &GeneratingArguments) -> Result<()> {
-    if g.do_sample && !(g.temperature > 0.0) {
-        return fail(format!("`temperature` must be positive when sampling (do_sample), got {}", g.temperature));
+    if g.do_sample && (g.temperature.is_nan() || g.temperature <= 0.0) {
+        return fail(format!(
+            "`temperature` must be positive when sampling (do_sample), got {}",
+            g.temperature
+        ));
     }
     if !(g.top_p > 0.0 && g.top_p <= 1.0) {
         return fail(format!("`top_p` must be in (0, 1], got {}", g.top_p));
     }
     if g.top_k < 0 {
-        return fail(format!("`top_k` must be >= 0 (0 disables it), got {}", g.top_k));
+        return fail(format!(
+            "`top_k` must be >= 0 (0 disables it), got {}",
+            g.top_k
+        ));
     }
     if g.num_beams < 1 {
-        return fail(format!("`num_beams` must be at least 1, got {}", g.num_beams));
+        return fail(format!(
+            "`num_beams` must be at least 1, got {}",
+            g.num_beams
+        ));
     }
-    if !(g.repetition_penalty > 0.0) {
-        return fail(format!("`repetition_penalty` must be positive, got {}", g.repetition_penalty));
+    if g.repetition_penalty.is_nan() || g.repetition_penalty <= 0.0 {
+        return fail(format!(
+            "`repetition_penalty` must be positive, got {}",
+            g.repetition_penalty
+        ));
     }
     Ok(())
 }
@@ -172,11 +217,16 @@ pub(crate) fn model_vs_method(m: &ModelArguments, f: &FinetuningArguments) -> Re
         return fail("Adapter is only valid for the LoRA method.");
     }
     if m.quantization_bit.is_some() {
-        if !matches!(f.finetuning_type, FinetuningType::Lora | FinetuningType::Oft) {
+        if !matches!(
+            f.finetuning_type,
+            FinetuningType::Lora | FinetuningType::Oft
+        ) {
             return fail("Quantization is only compatible with the LoRA or OFT method.");
         }
         if f.pissa_init {
-            return fail("Please use scripts/pissa_init.py to initialize PiSSA for a quantized model.");
+            return fail(
+                "Please use scripts/pissa_init.py to initialize PiSSA for a quantized model.",
+            );
         }
         if m.resize_vocab {
             return fail("Cannot resize embedding layers of a quantized model.");
@@ -184,7 +234,10 @@ pub(crate) fn model_vs_method(m: &ModelArguments, f: &FinetuningArguments) -> Re
         if m.adapter_name_or_path.is_some() && f.create_new_adapter {
             return fail("Cannot create new adapter upon a quantized model.");
         }
-        if m.adapter_name_or_path.as_ref().is_some_and(|a| a.len() != 1) {
+        if m.adapter_name_or_path
+            .as_ref()
+            .is_some_and(|a| a.len() != 1)
+        {
             return fail("Quantized model only accepts a single adapter. Merge them first.");
         }
     }
@@ -196,7 +249,9 @@ fn check_integral_steps(name: &str, v: f64) -> Result<()> {
         return fail(format!("--{name} must be an integer if bigger than 1: {v}"));
     }
     if v < 0.0 {
-        return fail(format!("--{name} must be positive (a step count, or a ratio below 1), got {v}"));
+        return fail(format!(
+            "--{name} must be positive (a step count, or a ratio below 1), got {v}"
+        ));
     }
     Ok(())
 }
@@ -207,8 +262,13 @@ pub(crate) fn training(t: &mut TrainingArguments) -> Result<()> {
     if t.eval_strategy != IntervalStrategy::No {
         t.do_eval = true;
     }
-    if t.eval_strategy == IntervalStrategy::Steps && t.eval_steps.is_none_or(|s| s == 0.0) && t.logging_steps <= 0.0 {
-        return fail("evaluation strategy steps requires either non-zero --eval_steps or --logging_steps");
+    if t.eval_strategy == IntervalStrategy::Steps
+        && t.eval_steps.is_none_or(|s| s == 0.0)
+        && t.logging_steps <= 0.0
+    {
+        return fail(
+            "evaluation strategy steps requires either non-zero --eval_steps or --logging_steps",
+        );
     }
     if t.logging_strategy == IntervalStrategy::Steps && t.logging_steps == 0.0 {
         return fail("logging strategy steps requires non-zero --logging_steps");
@@ -229,7 +289,9 @@ pub(crate) fn training(t: &mut TrainingArguments) -> Result<()> {
     if t.fp16_full_eval && t.bf16_full_eval {
         return fail("At most one of fp16 and bf16 can be True for full eval, but not both");
     }
-    if t.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau && t.eval_strategy == IntervalStrategy::No {
+    if t.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau
+        && t.eval_strategy == IntervalStrategy::No
+    {
         return fail("lr_scheduler_type reduce_lr_on_plateau requires an eval strategy");
     }
     if t.lr_scheduler_type == SchedulerType::Greedy && t.eval_strategy == IntervalStrategy::No {
@@ -239,7 +301,10 @@ pub(crate) fn training(t: &mut TrainingArguments) -> Result<()> {
         return fail("warmup_steps must be an integer or a float");
     }
     if t.warmup_steps > 1.0 && t.warmup_steps.fract() != 0.0 {
-        return fail(format!("`warmup_steps` must be an integer if bigger than 1: {}", t.warmup_steps));
+        return fail(format!(
+            "`warmup_steps` must be an integer if bigger than 1: {}",
+            t.warmup_steps
+        ));
     }
     if t.warmup_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
         return fail("warmup_ratio must lie in range [0,1]");
@@ -259,16 +324,23 @@ pub(crate) fn training(t: &mut TrainingArguments) -> Result<()> {
             return fail(format!("`{key}` must be at least 1, got {v}"));
         }
     }
-    if !(t.learning_rate >= 0.0) || !t.learning_rate.is_finite() {
-        return fail(format!("`learning_rate` must be a finite number >= 0, got {}", t.learning_rate));
+    if !t.learning_rate.is_finite() || t.learning_rate < 0.0 {
+        return fail(format!(
+            "`learning_rate` must be a finite number >= 0, got {}",
+            t.learning_rate
+        ));
     }
-    if !(t.max_grad_norm >= 0.0) {
-        return fail(format!("`max_grad_norm` must be >= 0 (0 disables clipping), got {}", t.max_grad_norm));
+    if t.max_grad_norm.is_nan() || t.max_grad_norm < 0.0 {
+        return fail(format!(
+            "`max_grad_norm` must be >= 0 (0 disables clipping), got {}",
+            t.max_grad_norm
+        ));
     }
     if t.save_total_limit.is_some_and(|n| n < 1) {
         return fail("`save_total_limit` must be at least 1 (or null to keep every checkpoint)");
     }
-    if t.do_train && t.max_steps <= 0 && !(t.num_train_epochs > 0.0) {
+    if t.do_train && t.max_steps <= 0 && (t.num_train_epochs.is_nan() || t.num_train_epochs <= 0.0)
+    {
         return fail(format!(
             "nothing to train: set num_train_epochs > 0 or max_steps > 0 (got num_train_epochs {} and max_steps {})",
             t.num_train_epochs, t.max_steps
@@ -303,7 +375,9 @@ pub(crate) fn train(
     }
     if f.stage == Stage::Ppo {
         if !t.do_train {
-            return fail("PPO training does not support evaluation, use the SFT stage to evaluate models.");
+            return fail(
+                "PPO training does not support evaluation, use the SFT stage to evaluate models.",
+            );
         }
         if m.shift_attn {
             return fail("PPO training is incompatible with S^2-Attn.");
@@ -315,7 +389,10 @@ pub(crate) fn train(
     if t.do_train && d.dataset.is_none() {
         return fail("Please specify dataset for training.");
     }
-    if (t.do_eval || t.do_predict || t.predict_with_generate) && d.eval_dataset.is_none() && d.val_size < 1e-6 {
+    if (t.do_eval || t.do_predict || t.predict_with_generate)
+        && d.eval_dataset.is_none()
+        && d.val_size < 1e-6
+    {
         return fail("Please make sure eval_dataset be provided or val_size >1e-6");
     }
     if t.predict_with_generate && f.compute_accuracy {
@@ -325,7 +402,9 @@ pub(crate) fn train(
         return fail("Cannot use device map for quantized models in training.");
     }
     if t.fp8 && m.quantization_bit.is_some() {
-        return fail("FP8 training is not compatible with quantization. Please disable one of them.");
+        return fail(
+            "FP8 training is not compatible with quantization. Please disable one of them.",
+        );
     }
     if m.infer_backend != "huggingface" {
         return fail("vLLM/SGLang backend is only available for API, CLI and Web.");
@@ -340,12 +419,17 @@ pub(crate) fn infer(m: &ModelArguments, f: &FinetuningArguments) -> Result<()> {
             return fail("vLLM engine only supports auto-regressive models.");
         }
         if m.quantization_bit.is_some() {
-            return fail("vLLM engine does not support bnb quantization (GPTQ and AWQ are supported).");
+            return fail(
+                "vLLM engine does not support bnb quantization (GPTQ and AWQ are supported).",
+            );
         }
         if m.rope_scaling.is_some() {
             return fail("vLLM engine does not support RoPE scaling.");
         }
-        if m.adapter_name_or_path.as_ref().is_some_and(|a| a.len() != 1) {
+        if m.adapter_name_or_path
+            .as_ref()
+            .is_some_and(|a| a.len() != 1)
+        {
             return fail("vLLM only accepts a single adapter. Merge them first.");
         }
     }

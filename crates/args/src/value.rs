@@ -40,7 +40,11 @@ pub(crate) fn format_float(x: f64) -> String {
         return ".nan".into();
     }
     if x.is_infinite() {
-        return if x > 0.0 { ".inf".into() } else { "-.inf".into() };
+        return if x > 0.0 {
+            ".inf".into()
+        } else {
+            "-.inf".into()
+        };
     }
     let s = format!("{x:?}");
     if s.contains(['.', 'e', 'E']) {
@@ -83,8 +87,12 @@ impl fmt::Display for Value {
 pub fn resolve_plain(s: &str) -> Value {
     match s {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => return Value::Bool(true),
-        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => return Value::Bool(false),
+        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
+            return Value::Bool(true)
+        }
+        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
+            return Value::Bool(false)
+        }
         _ => {}
     }
     if let Some(i) = resolve_int(s) {
@@ -232,7 +240,11 @@ impl Builder {
 
     fn fail(&mut self, mark: Marker, msg: &str) {
         if self.error.is_none() {
-            self.error = Some(format!("line {}, column {}: {msg}", mark.line(), mark.col() + 1));
+            self.error = Some(format!(
+                "line {}, column {}: {msg}",
+                mark.line(),
+                mark.col() + 1
+            ));
         }
     }
 }
@@ -245,25 +257,29 @@ impl MarkedEventReceiver for Builder {
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let v = match tag {
-                    Some(t) if t.handle == "!!" || t.handle == "tag:yaml.org,2002:" => match t.suffix.as_str() {
-                        "str" => Value::Str(text),
-                        "null" => Value::Null,
-                        "bool" | "int" | "float" => match (t.suffix.as_str(), resolve_plain(&text)) {
-                            ("bool", v @ Value::Bool(_)) | ("int", v @ Value::Int(_)) => v,
-                            ("float", Value::Float(x)) => Value::Float(x),
-                            ("float", Value::Int(i)) => Value::Float(i as f64),
-                            _ => {
-                                let msg = format!("`{text}` is not a valid !!{}", t.suffix);
+                    Some(t) if t.handle == "!!" || t.handle == "tag:yaml.org,2002:" => {
+                        match t.suffix.as_str() {
+                            "str" => Value::Str(text),
+                            "null" => Value::Null,
+                            "bool" | "int" | "float" => {
+                                match (t.suffix.as_str(), resolve_plain(&text)) {
+                                    ("bool", v @ Value::Bool(_)) | ("int", v @ Value::Int(_)) => v,
+                                    ("float", Value::Float(x)) => Value::Float(x),
+                                    ("float", Value::Int(i)) => Value::Float(i as f64),
+                                    _ => {
+                                        let msg = format!("`{text}` is not a valid !!{}", t.suffix);
+                                        self.fail(mark, &msg);
+                                        return;
+                                    }
+                                }
+                            }
+                            other => {
+                                let msg = format!("unsupported tag !!{other}");
                                 self.fail(mark, &msg);
                                 return;
                             }
-                        },
-                        other => {
-                            let msg = format!("unsupported tag !!{other}");
-                            self.fail(mark, &msg);
-                            return;
                         }
-                    },
+                    }
                     Some(t) => {
                         let msg = format!("unsupported tag {}{}", t.handle, t.suffix);
                         self.fail(mark, &msg);
@@ -279,7 +295,9 @@ impl MarkedEventReceiver for Builder {
                 None => self.fail(mark, "alias to an unknown anchor"),
             },
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::List(Vec::new(), anchor)),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, anchor, mark)),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(Vec::new(), None, anchor, mark))
+            }
             Event::SequenceEnd => {
                 if let Some(Frame::List(items, anchor)) = self.stack.pop() {
                     self.push_value(Value::List(items), anchor, mark);
@@ -297,7 +315,12 @@ impl MarkedEventReceiver for Builder {
 
 /// Parses YAML text into one value (an empty document is `Null`).
 pub fn parse_yaml(text: &str) -> std::result::Result<Value, String> {
-    let mut b = Builder { stack: Vec::new(), anchors: HashMap::new(), docs: Vec::new(), error: None };
+    let mut b = Builder {
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        docs: Vec::new(),
+        error: None,
+    };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut b, true).map_err(|e| e.to_string())?;
     if let Some(e) = b.error {
@@ -312,9 +335,13 @@ pub fn parse_yaml(text: &str) -> std::result::Result<Value, String> {
 
 /// Reads a config file's text as a flat mapping (`.yaml`/`.yml` as YAML, `.json` as JSON).
 pub fn parse_config_text(path: &str, text: &str, json: bool) -> Result<Vec<(String, Value)>> {
-    let file_err = |message: String| ArgsError::File { path: path.to_string(), message };
+    let file_err = |message: String| ArgsError::File {
+        path: path.to_string(),
+        message,
+    };
     let root = if json {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| file_err(format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| file_err(format!("invalid JSON: {e}")))?;
         from_json(v)
     } else {
         parse_yaml(text).map_err(|e| file_err(format!("invalid YAML: {e}")))?
@@ -339,7 +366,9 @@ pub fn from_json(v: serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => Value::Str(s),
         serde_json::Value::Array(a) => Value::List(a.into_iter().map(from_json).collect()),
-        serde_json::Value::Object(o) => Value::Map(o.into_iter().map(|(k, v)| (k, from_json(v))).collect()),
+        serde_json::Value::Object(o) => {
+            Value::Map(o.into_iter().map(|(k, v)| (k, from_json(v))).collect())
+        }
     }
 }
 
@@ -356,11 +385,14 @@ pub fn parse_dotlist_item(arg: &str) -> Result<(String, Value)> {
         None => (arg.trim(), None),
     };
     if key.is_empty() {
-        return Err(ArgsError::Usage(format!("`{arg}`: an override needs a key (key=value)")));
+        return Err(ArgsError::Usage(format!(
+            "`{arg}`: an override needs a key (key=value)"
+        )));
     }
     let value = match raw {
         None => Value::Null,
-        Some(raw) => parse_yaml(raw).map_err(|e| ArgsError::Usage(format!("`{arg}`: the value is not valid YAML: {e}")))?,
+        Some(raw) => parse_yaml(raw)
+            .map_err(|e| ArgsError::Usage(format!("`{arg}`: the value is not valid YAML: {e}")))?,
     };
     Ok((key.to_string(), value))
 }
@@ -386,7 +418,10 @@ mod tests {
         assert_eq!(resolve_plain("~"), Value::Null);
         assert_eq!(resolve_plain("none"), Value::Str("none".into()));
         assert_eq!(resolve_plain("None"), Value::Str("None".into()));
-        assert_eq!(resolve_plain("identity,alpaca_en_demo"), Value::Str("identity,alpaca_en_demo".into()));
+        assert_eq!(
+            resolve_plain("identity,alpaca_en_demo"),
+            Value::Str("identity,alpaca_en_demo".into())
+        );
         assert_eq!(resolve_plain("1.2.3"), Value::Str("1.2.3".into()));
         assert_eq!(resolve_plain("e5"), Value::Str("e5".into()));
         assert_eq!(resolve_plain("2024-01-01"), Value::Str("2024-01-01".into()));
@@ -396,23 +431,39 @@ mod tests {
     #[test]
     fn yaml_styles_and_structure() {
         let v = parse_yaml("a: 'true'\nb: true\nc: \"1e-4\"\nd: [x, 1]\ne: {k: 2}\nf:\n").unwrap();
-        let Value::Map(m) = v else { panic!("not a map") };
+        let Value::Map(m) = v else {
+            panic!("not a map")
+        };
         assert_eq!(m[0], ("a".into(), Value::Str("true".into())));
         assert_eq!(m[1], ("b".into(), Value::Bool(true)));
         assert_eq!(m[2], ("c".into(), Value::Str("1e-4".into())));
-        assert_eq!(m[3].1, Value::List(vec![Value::Str("x".into()), Value::Int(1)]));
+        assert_eq!(
+            m[3].1,
+            Value::List(vec![Value::Str("x".into()), Value::Int(1)])
+        );
         assert_eq!(m[4].1, Value::Map(vec![("k".into(), Value::Int(2))]));
         assert_eq!(m[5].1, Value::Null);
-        assert!(parse_yaml("a: 1\na: 2\n").unwrap_err().contains("duplicate key `a`"));
+        assert!(parse_yaml("a: 1\na: 2\n")
+            .unwrap_err()
+            .contains("duplicate key `a`"));
         assert!(parse_yaml("a: [1\n").is_err());
     }
 
     #[test]
     fn dotlist() {
-        assert_eq!(parse_dotlist_item("learning_rate=1e-5").unwrap(), ("learning_rate".into(), Value::Float(1e-5)));
-        assert_eq!(parse_dotlist_item("resume_from_checkpoint=null").unwrap().1, Value::Null);
+        assert_eq!(
+            parse_dotlist_item("learning_rate=1e-5").unwrap(),
+            ("learning_rate".into(), Value::Float(1e-5))
+        );
+        assert_eq!(
+            parse_dotlist_item("resume_from_checkpoint=null").unwrap().1,
+            Value::Null
+        );
         assert_eq!(parse_dotlist_item("x=").unwrap().1, Value::Null);
-        assert_eq!(parse_dotlist_item("dataset=a,b").unwrap().1, Value::Str("a,b".into()));
+        assert_eq!(
+            parse_dotlist_item("dataset=a,b").unwrap().1,
+            Value::Str("a,b".into())
+        );
         assert_eq!(parse_dotlist_item("template").unwrap().1, Value::Null);
         assert!(parse_dotlist_item("--learning_rate").is_err());
     }
