@@ -259,6 +259,8 @@ macro_rules! str_enum {
             fn from_value(v: &$crate::value::Value) -> Option<Self> {
                 match v {
                     $crate::value::Value::Str(s) => $name::parse(s.trim()),
+                    // YAML 1.1 reads an unquoted `no` as false (`save_strategy: no`); HF would then fail.
+                    $crate::value::Value::Bool(false) => $name::parse("no"),
                     _ => None,
                 }
             }

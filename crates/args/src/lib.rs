@@ -9,6 +9,18 @@
 //! - [`TrainArgs::to_yaml`] writes a flat YAML LLaMA-Factory reads back (`training_args.yaml`).
 //! - [`logging`] and [`plot`]: the trainer's files in LLaMA-Factory's formats (`trainer_log.jsonl`,
 //!   `trainer_state.json`, `*_results.json`, `training_loss.png`) and the terminal progress line.
+//!
+//! Notes on fidelity:
+//! - Keys live in the group LLaMA-Factory 0.9.5 declares them in (`enable_thinking` and `default_system` are
+//!   `DataArguments`); since configs are flat, that only matters to code reading the structs.
+//! - Fields hold what the user wrote; LLaMA-Factory's derived values are methods
+//!   ([`FinetuningArguments::lora_alpha_value`], [`TrainArgs::packing`], [`DataArguments::effective_cutoff_len`],
+//!   [`TrainingArguments::warmup_steps_for`], ...), so [`TrainArgs::to_yaml`] round-trips.
+//! - TrainingArguments is the union of transformers 4.55-5.6 (the range LLaMA-Factory 0.9.5 accepts), so a
+//!   config written for either parses; `warmup_ratio` and a fractional `warmup_steps` both work.
+//! - Friendlier than LLaMA-Factory where it would crash later: numbers and booleans given as strings are
+//!   converted (as argparse does), `Literal` choices are checked at parse time, `save_strategy: no` (YAML
+//!   false) means "no".
 
 pub mod convert;
 pub mod error;
@@ -369,12 +381,14 @@ impl TrainArgs {
                 &|k| GeneratingArguments::default().get(k),
             ),
         ];
+        // report_to too: transformers 4.x reads a missing report_to as "all" (every installed tracker).
         const ALWAYS: &[&str] = &[
             "model_name_or_path",
             "stage",
             "do_train",
             "finetuning_type",
             "output_dir",
+            "report_to",
         ];
         for (title, keys, get, default) in groups {
             let mut section = String::new();

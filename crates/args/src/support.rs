@@ -420,7 +420,9 @@ pub fn support_counts() -> (usize, usize, usize, usize) {
 
 /// The table as Markdown (crates/args/SUPPORT.md is this text; a test keeps it current).
 pub fn support_markdown() -> String {
-    use crate::groups::{DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments};
+    use crate::groups::{
+        DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments,
+    };
     let (s, n, y, v) = support_counts();
     let mut out = String::from(
         "# LLaMA-Factory keys in ferrotune\n\n\
@@ -445,7 +447,9 @@ pub fn support_markdown() -> String {
         ("GeneratingArguments", GeneratingArguments::KEYS),
     ];
     for (title, keys) in groups {
-        out.push_str(&format!("\n## {title}\n\n| key | ferrotune | why |\n|---|---|---|\n"));
+        out.push_str(&format!(
+            "\n## {title}\n\n| key | ferrotune | why |\n|---|---|---|\n"
+        ));
         for key in keys {
             let (what, why) = match support(key) {
                 Some(Supported) | None => ("supported".to_string(), String::new()),
@@ -453,7 +457,10 @@ pub fn support_markdown() -> String {
                 Some(NotYet(r)) => ("not yet".to_string(), r.to_string()),
                 Some(Values(vals, r)) => (format!("only {}", vals.join(", ")), r.to_string()),
             };
-            out.push_str(&format!("| `{key}` | {what} | {} |\n", why.replace('|', "\\|")));
+            out.push_str(&format!(
+                "| `{key}` | {what} | {} |\n",
+                why.replace('|', "\\|")
+            ));
         }
     }
     out

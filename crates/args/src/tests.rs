@@ -802,3 +802,36 @@ fn support_doc_is_current() {
         "crates/args/SUPPORT.md is out of date: run FERROTUNE_BLESS=1 cargo test -p ferrotune-args support_doc"
     );
 }
+
+#[test]
+fn strategy_no_and_scheduler_kwargs() {
+    let d = tmpdir("strat");
+    let cfg = write(
+        &d,
+        "t.yaml",
+        "model_name_or_path: m\ndataset: a\nsave_strategy: no\neval_strategy: no\n",
+    );
+    let a = train(&argv(&[&cfg])).unwrap();
+    assert_eq!(a.training.save_strategy, SaveStrategy::No);
+    assert_eq!(a.training.eval_strategy, IntervalStrategy::No);
+    let cfg = write(
+        &d,
+        "t.yaml",
+        "model_name_or_path: m\ndataset: a\nlr_scheduler_kwargs: 3\n",
+    );
+    let msg = train(&argv(&[&cfg])).unwrap_err().to_string();
+    assert!(
+        msg.contains("lr_scheduler_kwargs") && msg.contains("mapping"),
+        "{msg}"
+    );
+    let cfg = write(
+        &d,
+        "t.yaml",
+        "model_name_or_path: m\ndataset: a\nlr_scheduler_kwargs: '{\"num_cycles\": 2}'\n",
+    );
+    let a = train(&argv(&[&cfg])).unwrap();
+    assert_eq!(
+        a.training.lr_scheduler_kwargs,
+        Value::Map(vec![("num_cycles".into(), Value::Int(2))])
+    );
+}

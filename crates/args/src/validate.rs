@@ -283,6 +283,16 @@ pub(crate) fn training(t: &mut TrainingArguments) -> Result<()> {
         }
         check_integral_steps("save_steps", t.save_steps)?;
     }
+    if !matches!(
+        t.lr_scheduler_kwargs,
+        crate::value::Value::Null | crate::value::Value::Map(_)
+    ) {
+        return Err(ArgsError::bad(
+            "lr_scheduler_kwargs",
+            &t.lr_scheduler_kwargs,
+            "a mapping such as {min_lr: 1.0e-6} (or a JSON object string)",
+        ));
+    }
     if t.fp16 && t.bf16 {
         return fail("At most one of fp16 and bf16 can be True, but not both");
     }
