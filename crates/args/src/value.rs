@@ -34,6 +34,30 @@ impl Value {
     }
 }
 
+impl Value {
+    /// As a `serde_json::Value` (for code that takes JSON, such as `lr_scheduler_kwargs`); NaN and infinities,
+    /// which JSON cannot hold, become null.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Float(x) => serde_json::Number::from_f64(*x)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Str(s) => serde_json::Value::String(s.clone()),
+            Value::List(items) => {
+                serde_json::Value::Array(items.iter().map(Value::to_json).collect())
+            }
+            Value::Map(entries) => serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// A float as YAML/OmegaConf reads it back as a float (always a `.` or an exponent).
 pub(crate) fn format_float(x: f64) -> String {
     if x.is_nan() {
@@ -466,6 +490,19 @@ mod tests {
         );
         assert_eq!(parse_dotlist_item("template").unwrap().1, Value::Null);
         assert!(parse_dotlist_item("--learning_rate").is_err());
+    }
+
+    #[test]
+    fn to_json() {
+        let v = parse_yaml("{min_lr: 1.0e-6, num_cycles: 2, name: x, l: [true, null]}").unwrap();
+        assert_eq!(
+            v.to_json(),
+            serde_json::json!({"min_lr": 1e-6, "num_cycles": 2, "name": "x", "l": [true, null]})
+        );
+        // serde_json objects are sorted by key (no preserve_order feature).
+        let sorted =
+            parse_yaml("{l: [true, null], min_lr: 1.0e-6, name: x, num_cycles: 2}").unwrap();
+        assert_eq!(from_json(v.to_json()), sorted);
     }
 
     #[test]
