@@ -1,0 +1,323 @@
+//! Loading datasets named in `dataset_info.json`, merging several (`mix_strategy`), splitting off a
+//! validation set (`val_size`), and the whole pipeline up to tokenized examples ([`load_dataset`]).
+
+use crate::convert::{convert, Example};
+use crate::encode::{self, EncodedExample, PackedRow, SupervisedConfig};
+use crate::info::{dataset_list, read_records, DatasetAttr};
+use crate::options::{DataOptions, MixStrategy, Stage, ValSize};
+use crate::template::{get_template_and_fix_tokenizer, Template};
+use crate::{bail, Context, Result};
+use ferrotune_models::ModelTokenizer;
+
+/// A small seeded generator (SplitMix64) for shuffles and sampling. Not numpy's PCG64: splits and
+/// interleavings are reproducible for a seed but are not the same permutation LLaMA-Factory draws.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (`n > 0`), without modulo bias.
+    pub fn below(&mut self, n: usize) -> usize {
+        let n = n as u64;
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return (x % n) as usize;
+            }
+        }
+    }
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.below(i + 1);
+            p.swap(i, j);
+        }
+        p
+    }
+}
+
+/// Read and convert one dataset: `num_samples` resampling, then `max_samples` truncation, as upstream.
+pub fn load_single(
+    attr: &DatasetAttr,
+    options: &DataOptions,
+    rng: &mut Rng,
+) -> Result<Vec<Example>> {
+    let mut records = read_records(attr, &options.dataset_dir)?;
+    if let Some(target) = attr.num_samples {
+        if records.is_empty() {
+            bail!(
+                "dataset {:?}: num_samples {target} asked of an empty dataset",
+                attr.name
+            );
+        }
+        let mut idx = rng.permutation(records.len());
+        idx.truncate(target);
+        while idx.len() < target {
+            idx.push(rng.below(records.len()));
+        }
+        records = idx.into_iter().map(|i| records[i].clone()).collect();
+    }
+    if let Some(max) = options.max_samples {
+        records.truncate(max);
+    }
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            convert(attr, r).with_context(|| {
+                format!("dataset {:?} ({}), record {i}", attr.name, attr.file_name)
+            })
+        })
+        .collect()
+}
+
+/// `merge_dataset`: concatenation or interleaving (`first_exhausted` / `all_exhausted` /
+/// `all_exhausted_without_replacement`) as `datasets.interleave_datasets` does it: round robin without
+/// probabilities, a seeded draw with them.
+pub fn merge(
+    datasets: Vec<Vec<Example>>,
+    strategy: MixStrategy,
+    probs: Option<&[f64]>,
+    seed: u64,
+) -> Result<Vec<Example>> {
+    if datasets.len() == 1 || strategy == MixStrategy::Concat {
+        return Ok(datasets.into_iter().flatten().collect());
+    }
+    let lens: Vec<usize> = datasets.iter().map(Vec::len).collect();
+    if lens.contains(&0) {
+        bail!("cannot interleave an empty dataset; remove it or use mix_strategy: concat");
+    }
+    let n = datasets.len();
+    let mut out = Vec::new();
+    let mut next = vec![0usize; n];
+    let mut seen_all = vec![false; n];
+    let mut rng = Rng::new(seed);
+    let mut round = 0usize;
+    loop {
+        let j = match probs {
+            None => {
+                let j = round % n;
+                round += 1;
+                j
+            }
+            Some(p) => {
+                let live: f64 = (0..n)
+                    .filter(|&k| strategy != MixStrategy::InterleaveOnce || next[k] < lens[k])
+                    .map(|k| p[k])
+                    .sum();
+                if live <= 0.0 {
+                    break;
+                }
+                let mut x = rng.uniform() * live;
+                let mut pick = n - 1;
+                for k in 0..n {
+                    if strategy == MixStrategy::InterleaveOnce && next[k] >= lens[k] {
+                        continue;
+                    }
+                    if x < p[k] {
+                        pick = k;
+                        break;
+                    }
+                    x -= p[k];
+                }
+                pick
+            }
+        };
+        if next[j] >= lens[j] {
+            match strategy {
+                MixStrategy::InterleaveUnder => break,
+                MixStrategy::InterleaveOnce => {
+                    if next.iter().zip(&lens).all(|(a, b)| a >= b) {
+                        break;
+                    }
+                    continue;
+                }
+                _ => next[j] = 0,
+            }
+        }
+        out.push(datasets[j][next[j]].clone());
+        next[j] += 1;
+        if next[j] >= lens[j] {
+            seen_all[j] = true;
+        }
+        match strategy {
+            MixStrategy::InterleaveUnder if next[j] >= lens[j] => break,
+            MixStrategy::InterleaveOver if seen_all.iter().all(|&s| s) => break,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// `train_test_split(test_size, seed)`: a seeded permutation, the first `n_test` for validation (a fraction
+/// rounds up, as `datasets` does).
+pub fn split(
+    examples: Vec<Example>,
+    val_size: ValSize,
+    seed: u64,
+) -> Result<(Vec<Example>, Vec<Example>)> {
+    let n = examples.len();
+    let n_test = match val_size {
+        ValSize::None => return Ok((examples, Vec::new())),
+        ValSize::Fraction(f) => (f * n as f64).ceil() as usize,
+        ValSize::Count(c) => c,
+    };
+    if n_test == 0 || n_test >= n {
+        bail!("val_size gives {n_test} validation examples out of {n}; it must leave at least one on each side");
+    }
+    let perm = Rng::new(seed).permutation(n);
+    let mut slots: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
+    let take = |slots: &mut Vec<Option<Example>>, idx: &[usize]| -> Vec<Example> {
+        idx.iter().filter_map(|&i| slots[i].take()).collect()
+    };
+    let eval = take(&mut slots, &perm[..n_test]);
+    let train = take(&mut slots, &perm[n_test..]);
+    Ok((train, eval))
+}
+
+/// Tokenized data for one split: plain examples, or packed rows when packing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoded {
+    Examples(Vec<EncodedExample>),
+    Packed(Vec<PackedRow>),
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        match self {
+            Encoded::Examples(e) => e.len(),
+            Encoded::Packed(p) => p.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What [`load_dataset`] returns: the template used (after the tokenizer was fixed), and the splits.
+#[derive(Debug, Clone)]
+pub struct DatasetModule {
+    pub template: Template,
+    pub train: Encoded,
+    pub eval: Option<Encoded>,
+}
+
+/// Tokenize aligned examples for `stage` (the processors; invalid supervised examples dropped with a warning).
+pub fn encode_examples(
+    tok: &ModelTokenizer,
+    template: &Template,
+    examples: &[Example],
+    options: &DataOptions,
+    stage: Stage,
+) -> Result<Encoded> {
+    let cutoff_len = options.effective_cutoff_len();
+    let packing = options.packing_for(stage);
+    match stage {
+        Stage::Pt => {
+            let texts = examples
+                .iter()
+                .map(|ex| encode::pretrain_text(tok, options.template.as_deref(), ex))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Encoded::Examples(encode::encode_pretrain(
+                tok, &texts, cutoff_len, packing,
+            )?))
+        }
+        Stage::Sft => {
+            let cfg = SupervisedConfig {
+                cutoff_len,
+                train_on_prompt: options.train_on_prompt,
+                mask_history: options.mask_history,
+            };
+            let mut out = Vec::with_capacity(examples.len());
+            for (i, ex) in examples.iter().enumerate() {
+                if !encode::is_valid_supervised(ex) {
+                    eprintln!("[ferrotune-data] warning: dropped invalid example {i} ({} prompt / {} response messages)", ex.prompt.len(), ex.response.len());
+                    continue;
+                }
+                out.push(
+                    encode::encode_supervised(tok, template, ex, cfg)
+                        .with_context(|| format!("example {i}"))?,
+                );
+            }
+            if packing {
+                let Some(pad) = tok.pad_token_id() else {
+                    bail!("packing pads rows and the tokenizer has no pad token")
+                };
+                Ok(Encoded::Packed(encode::pack_supervised(
+                    out,
+                    cutoff_len,
+                    pad,
+                    options.neat_packing,
+                )))
+            } else {
+                Ok(Encoded::Examples(out))
+            }
+        }
+    }
+}
+
+/// The whole data pipeline (`get_dataset`): fix the tokenizer for the template, read `dataset` (and
+/// `eval_dataset`), merge, split off `val_size`, tokenize. `tok` is modified as LLaMA-Factory modifies it
+/// (eos / pad / stop words), so the model must use the same tokenizer afterwards.
+pub fn load_dataset(
+    tok: &mut ModelTokenizer,
+    options: &DataOptions,
+    stage: Stage,
+) -> Result<DatasetModule> {
+    options.validate(stage)?;
+    if let Some(p) = &options.tokenized_path {
+        bail!("tokenized_path ({}) is not supported yet; leave it unset and the data is tokenized on each run", p.display());
+    }
+    let template = get_template_and_fix_tokenizer(tok, options)?;
+    let mut rng = Rng::new(options.seed);
+    let load_all = |names: &[String], rng: &mut Rng| -> Result<Option<Vec<Example>>> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let attrs = dataset_list(names, &options.dataset_dir)?;
+        let mut sets = Vec::new();
+        for attr in &attrs {
+            if attr.ranking {
+                bail!("dataset {:?} is ranking (preference) data; it is not applicable to the {stage:?} stage", attr.name);
+            }
+            sets.push(load_single(attr, options, rng)?);
+        }
+        Ok(Some(merge(
+            sets,
+            options.mix_strategy,
+            options.interleave_probs.as_deref(),
+            options.seed,
+        )?))
+    };
+    let train = load_all(&options.dataset, &mut rng)?;
+    let eval = load_all(&options.eval_dataset, &mut rng)?;
+    let (train, eval) = match (train, eval) {
+        (Some(t), None) if options.val_size != ValSize::None => {
+            let (t, e) = split(t, options.val_size, options.seed)?;
+            (t, Some(e))
+        }
+        (t, e) => (t.unwrap_or_default(), e),
+    };
+    let train = encode_examples(tok, &template, &train, options, stage)?;
+    let eval = eval
+        .map(|e| encode_examples(tok, &template, &e, options, stage))
+        .transpose()?;
+    Ok(DatasetModule {
+        template,
+        train,
+        eval,
+    })
+}
