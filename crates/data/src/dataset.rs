@@ -101,62 +101,68 @@ pub fn merge(
         bail!("cannot interleave an empty dataset; remove it or use mix_strategy: concat");
     }
     let n = datasets.len();
-    let mut out = Vec::new();
-    let mut next = vec![0usize; n];
-    let mut seen_all = vec![false; n];
-    let mut rng = Rng::new(seed);
-    let mut round = 0usize;
-    loop {
-        let j = match probs {
-            None => {
-                let j = round % n;
-                round += 1;
-                j
-            }
-            Some(p) => {
-                let live: f64 = (0..n)
-                    .filter(|&k| strategy != MixStrategy::InterleaveOnce || next[k] < lens[k])
-                    .map(|k| p[k])
-                    .sum();
-                if live <= 0.0 {
-                    break;
-                }
-                let mut x = rng.uniform() * live;
-                let mut pick = n - 1;
-                for k in 0..n {
-                    if strategy == MixStrategy::InterleaveOnce && next[k] >= lens[k] {
-                        continue;
-                    }
-                    if x < p[k] {
-                        pick = k;
-                        break;
-                    }
-                    x -= p[k];
-                }
-                pick
-            }
+    if let Some(p) = probs {
+        if p.len() != n {
+            bail!(
+                "interleave_probs has {} entries for {n} datasets; give one per dataset",
+                p.len()
+            );
+        }
+    }
+    let Some(p) = probs else {
+        // `datasets` without probabilities: whole rounds over every dataset, min(lengths) rounds for
+        // first_exhausted, max(lengths) for the others (shorter datasets wrap around).
+        let rounds = if strategy == MixStrategy::InterleaveUnder {
+            *lens.iter().min().unwrap_or(&0)
+        } else {
+            *lens.iter().max().unwrap_or(&0)
         };
-        if next[j] >= lens[j] {
-            match strategy {
-                MixStrategy::InterleaveUnder => break,
-                MixStrategy::InterleaveOnce => {
-                    if next.iter().zip(&lens).all(|(a, b)| a >= b) {
-                        break;
-                    }
+        let mut out = Vec::with_capacity(rounds * n);
+        for i in 0..rounds {
+            for (j, set) in datasets.iter().enumerate() {
+                if strategy == MixStrategy::InterleaveOnce && i >= lens[j] {
                     continue;
                 }
-                _ => next[j] = 0,
+                out.push(set[i % lens[j]].clone());
             }
         }
+        return Ok(out);
+    };
+    let mut out = Vec::new();
+    let mut next = vec![0usize; n];
+    let mut exhausted = vec![false; n];
+    let mut used = vec![0usize; n];
+    let mut rng = Rng::new(seed);
+    loop {
+        let stop = match strategy {
+            MixStrategy::InterleaveUnder => exhausted.iter().any(|&e| e),
+            MixStrategy::InterleaveOver => exhausted.iter().all(|&e| e),
+            _ => used.iter().zip(&lens).all(|(u, l)| u >= l),
+        };
+        if stop {
+            break;
+        }
+        // Draw a dataset by its probability (interleave_once: among those with examples left).
+        let live = |k: usize| strategy != MixStrategy::InterleaveOnce || used[k] < lens[k];
+        let total: f64 = (0..n).filter(|&k| live(k)).map(|k| p[k]).sum();
+        if total <= 0.0 {
+            break;
+        }
+        let mut x = rng.uniform() * total;
+        let mut j = (0..n).rev().find(|&k| live(k) && p[k] > 0.0).unwrap_or(0);
+        for k in (0..n).filter(|&k| live(k)) {
+            if x < p[k] {
+                j = k;
+                break;
+            }
+            x -= p[k];
+        }
         out.push(datasets[j][next[j]].clone());
+        used[j] += 1;
         next[j] += 1;
         if next[j] >= lens[j] {
-            seen_all[j] = true;
-        }
-        match strategy {
-            MixStrategy::InterleaveUnder if next[j] >= lens[j] => break,
-            MixStrategy::InterleaveOver if seen_all.iter().all(|&s| s) => break,
-            _ => {}
+            exhausted[j] = true;
+            next[j] = 0;
         }
     }
     Ok(out)
