@@ -328,6 +328,9 @@ fn mixing_and_splitting() {
         (7, 3),
         "a fraction rounds the validation count up, as datasets does"
     );
+    // datasets' train_test_split(test_size=0.25, seed=42): numpy default_rng(42).permutation(10) cut at ceil(2.5).
+    assert_eq!(tags(&eval), ["5", "6", "0"]);
+    assert_eq!(tags(&train), ["7", "3", "2", "4", "9", "1", "8"]);
     let (train2, eval2) = split(ten.clone(), ValSize::Fraction(0.25), 42).unwrap();
     assert_eq!(
         (tags(&train), tags(&eval)),
@@ -342,6 +345,7 @@ fn mixing_and_splitting() {
     assert_eq!(ValSize::from_f64(0.1).unwrap(), ValSize::Fraction(0.1));
     assert_eq!(ValSize::from_f64(50.0).unwrap(), ValSize::Count(50));
     assert_eq!(ValSize::from_f64(0.0).unwrap(), ValSize::None);
+    assert!(ValSize::from_f64(1.0).is_err());
 }
 
 #[test]

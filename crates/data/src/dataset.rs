@@ -9,8 +9,9 @@ use crate::template::{get_template_and_fix_tokenizer, Template};
 use crate::{bail, Context, Result};
 use ferrotune_models::ModelTokenizer;
 
-/// A small seeded generator (SplitMix64) for shuffles and sampling. Not numpy's PCG64: splits and
-/// interleavings are reproducible for a seed but are not the same permutation LLaMA-Factory draws.
+/// A small seeded generator (SplitMix64) for `num_samples` resampling, interleaving with probabilities and
+/// batch shuffling: reproducible for a seed, but not the draws numpy makes there (LLaMA-Factory's
+/// `num_samples` uses numpy's unseeded global generator anyway). `val_size` splits use [`crate::numpy_rng`].
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -168,8 +169,9 @@ pub fn merge(
     Ok(out)
 }
 
-/// `train_test_split(test_size, seed)`: a seeded permutation, the first `n_test` for validation (a fraction
-/// rounds up, as `datasets` does).
+/// `train_test_split(test_size, seed=seed)`: numpy's `default_rng(seed).permutation(n)`, the first `n_test`
+/// for validation and the rest for training, each in permutation order (a fraction rounds up), so the same
+/// examples as LLaMA-Factory land in each split, in the same order.
 pub fn split(
     examples: Vec<Example>,
     val_size: ValSize,
@@ -184,7 +186,7 @@ pub fn split(
     if n_test == 0 || n_test >= n {
         bail!("val_size gives {n_test} validation examples out of {n}; it must leave at least one on each side");
     }
-    let perm = Rng::new(seed).permutation(n);
+    let perm = crate::numpy_rng::Pcg64::new(seed).permutation(n);
     let mut slots: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
     let take = |slots: &mut Vec<Option<Example>>, idx: &[usize]| -> Vec<Example> {
         idx.iter().filter_map(|&i| slots[i].take()).collect()

@@ -19,6 +19,7 @@ pub mod dataset;
 pub mod encode;
 pub mod info;
 pub mod jinja;
+pub mod numpy_rng;
 pub mod options;
 pub mod pyjson;
 pub mod template;

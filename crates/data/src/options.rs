@@ -62,7 +62,7 @@ impl ValSize {
         } else if v < 1.0 {
             ValSize::Fraction(v)
         } else {
-            ValSize::Count(1)
+            bail!("val_size 1.0 would leave no training data; give a fraction below 1 or a count above 1")
         })
     }
 }
