@@ -305,14 +305,31 @@ fn mixing_and_splitting() {
         ["a0", "a1", "a2", "b0"],
         "interleave_once uses every example exactly once"
     );
-    let probs = merge(
+    // datasets.interleave_datasets(probabilities=..., seed=...) indices, computed with numpy:
+    // [3, 1] examples, p [0.9, 0.1], seed 1, first_exhausted -> [0, 3]; p [0.6, 0.4], seed 3, all_exhausted -> [0, 1, 3, 2].
+    let under = merge(
         vec![a.clone(), b.clone()],
         MixStrategy::InterleaveUnder,
         Some(&[0.9, 0.1]),
         1,
     )
     .unwrap();
-    assert!(!probs.is_empty() && probs.len() <= 4);
+    assert_eq!(tags(&under), ["a0", "b0"]);
+    let over = merge(
+        vec![a.clone(), b.clone()],
+        MixStrategy::InterleaveOver,
+        Some(&[0.6, 0.4]),
+        3,
+    )
+    .unwrap();
+    assert_eq!(tags(&over), ["a0", "a1", "b0", "a2"]);
+    assert!(merge(
+        vec![a.clone(), b.clone()],
+        MixStrategy::InterleaveOver,
+        Some(&[1.0, 0.0]),
+        3
+    )
+    .is_err());
     assert!(merge(
         vec![a.clone(), b.clone()],
         MixStrategy::InterleaveUnder,

@@ -9,9 +9,9 @@ use crate::template::{get_template_and_fix_tokenizer, Template};
 use crate::{bail, Context, Result};
 use ferrotune_models::ModelTokenizer;
 
-/// A small seeded generator (SplitMix64) for `num_samples` resampling, interleaving with probabilities and
-/// batch shuffling: reproducible for a seed, but not the draws numpy makes there (LLaMA-Factory's
-/// `num_samples` uses numpy's unseeded global generator anyway). `val_size` splits use [`crate::numpy_rng`].
+/// A small seeded generator (SplitMix64) for `num_samples` resampling and batch shuffling: reproducible for a
+/// seed (LLaMA-Factory's `num_samples` uses numpy's unseeded global generator, so there is nothing to match).
+/// `val_size` splits and interleaving use [`crate::numpy_rng`], as `datasets` does.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -86,8 +86,8 @@ pub fn load_single(
 }
 
 /// `merge_dataset`: concatenation or interleaving (`first_exhausted` / `all_exhausted` /
-/// `all_exhausted_without_replacement`) as `datasets.interleave_datasets` does it: round robin without
-/// probabilities, a seeded draw with them.
+/// `all_exhausted_without_replacement`) as `datasets.interleave_datasets` does it: whole rounds without
+/// probabilities, numpy's seeded draws with them (same order as `datasets` for first/all_exhausted).
 pub fn merge(
     datasets: Vec<Vec<Example>>,
     strategy: MixStrategy,
@@ -129,11 +129,18 @@ pub fn merge(
         }
         return Ok(out);
     };
+    // `datasets` with probabilities: numpy's default_rng(seed).choice draws a dataset per example;
+    // first_exhausted stops once any dataset has been used up, all_exhausted once all have (used-up ones
+    // start over). interleave_once (without replacement) skips used-up datasets and stops when all are.
     let mut out = Vec::new();
     let mut next = vec![0usize; n];
     let mut exhausted = vec![false; n];
     let mut used = vec![0usize; n];
-    let mut rng = Rng::new(seed);
+    if strategy == MixStrategy::InterleaveOver && p.iter().any(|&x| x <= 0.0) {
+        bail!("interleave_over never ends when a dataset has probability 0 (it is never used up); drop that dataset");
+    }
+    let mut rng = crate::numpy_rng::Pcg64::new(seed);
+    let cdf = crate::numpy_rng::Pcg64::cdf(p);
     loop {
         let stop = match strategy {
             MixStrategy::InterleaveUnder => exhausted.iter().any(|&e| e),
@@ -143,20 +150,12 @@ pub fn merge(
         if stop {
             break;
         }
-        // Draw a dataset by its probability (interleave_once: among those with examples left).
-        let live = |k: usize| strategy != MixStrategy::InterleaveOnce || used[k] < lens[k];
-        let total: f64 = (0..n).filter(|&k| live(k)).map(|k| p[k]).sum();
-        if total <= 0.0 {
-            break;
-        }
-        let mut x = rng.uniform() * total;
-        let mut j = (0..n).rev().find(|&k| live(k) && p[k] > 0.0).unwrap_or(0);
-        for k in (0..n).filter(|&k| live(k)) {
-            if x < p[k] {
-                j = k;
+        let j = rng.choice(&cdf);
+        if strategy == MixStrategy::InterleaveOnce && used[j] >= lens[j] {
+            if (0..n).all(|k| used[k] >= lens[k] || p[k] <= 0.0) {
                 break;
             }
-            x -= p[k];
+            continue;
         }
         out.push(datasets[j][next[j]].clone());
         used[j] += 1;

@@ -133,6 +133,37 @@ impl Pcg64 {
         }
     }
 
+    /// `Generator.random()`: a double in `[0, 1)` from the top 53 bits of one draw.
+    pub fn random(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0)
+    }
+
+    /// One `Generator.choice(len(p), p=p)` draw: the cumulative sums normalised by their total, searched
+    /// (`side="right"`) for a uniform double.
+    pub fn choice(&mut self, cdf: &[f64]) -> usize {
+        let u = self.random();
+        cdf.partition_point(|&c| c <= u)
+            .min(cdf.len().saturating_sub(1))
+    }
+
+    /// The normalised cumulative distribution `choice` searches.
+    pub fn cdf(p: &[f64]) -> Vec<f64> {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = p
+            .iter()
+            .map(|&x| {
+                acc += x;
+                acc
+            })
+            .collect();
+        if let Some(&total) = cdf.last() {
+            if total > 0.0 {
+                cdf.iter_mut().for_each(|c| *c /= total);
+            }
+        }
+        cdf
+    }
+
     /// `Generator.permutation(n)`.
     pub fn permutation(&mut self, n: usize) -> Vec<usize> {
         let mut p: Vec<usize> = (0..n).collect();
@@ -164,6 +195,15 @@ mod tests {
             Pcg64::new(42).permutation(1000)[..8],
             [978, 933, 859, 916, 127, 608, 856, 260]
         );
+        let mut g = Pcg64::new(5);
+        assert_eq!(
+            [g.random(), g.random()],
+            [0.8050029237453802, 0.8079407897364937]
+        );
+        let mut g = Pcg64::new(42); // .choice(3, size=12, p=[0.5, 0.3, 0.2])
+        let cdf = Pcg64::cdf(&[0.5, 0.3, 0.2]);
+        let draws: Vec<usize> = (0..12).map(|_| g.choice(&cdf)).collect();
+        assert_eq!(draws, [1, 0, 2, 1, 0, 2, 1, 1, 0, 0, 0, 2]);
         let mut g = Pcg64::new(7); // .bit_generator.random_raw(3)
         assert_eq!(
             [g.next_u64(), g.next_u64(), g.next_u64()],
