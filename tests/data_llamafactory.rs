@@ -161,10 +161,10 @@ fn every_template_and_option_matches_llamafactory_token_for_token() {
     let cases = fixture["cases"].as_array().unwrap();
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let stage = if case["stage"] == "pt" {
-            Stage::Pt
-        } else {
-            Stage::Sft
+        let stage = match case["stage"].as_str() {
+            Some("pt") => Stage::Pt,
+            Some("rm") => Stage::Rm,
+            _ => Stage::Sft,
         };
         let mut tok = base_tok.clone();
         let opts = options(case, &dir);
@@ -200,6 +200,12 @@ fn every_template_and_option_matches_llamafactory_token_for_token() {
                         Some(r.position_ids.clone()),
                     )
                 })
+                .collect(),
+            // Preference pairs: chosen then rejected, as the fixture lists them.
+            Encoded::Pairs(p) => p
+                .iter()
+                .flat_map(|x| [&x.chosen, &x.rejected])
+                .map(|x| (x.input_ids.clone(), x.labels.clone(), None))
                 .collect(),
         };
         if got.len() != expected.len() {

@@ -608,3 +608,66 @@ fn ferrotune_identity_dataset_trains_with_masks_packing_and_eval() {
             .zip(&b.input_ids)
             .all(|(&l, &i)| l == i64::from(i))));
 }
+
+#[test]
+fn preference_data_is_rm_only_and_batches_chosen_then_rejected() {
+    let dir = dataset_dir(
+        "pairs",
+        json!({
+            "prefs": {"file_name": "p.json", "ranking": true, "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}},
+            "plain": {"file_name": "q.json"},
+        }),
+        &[
+            (
+                "p.json",
+                r#"[{"instruction": "2+2?", "chosen": "4", "rejected": "5"}, {"instruction": "3+3?", "chosen": "6", "rejected": "seven"}]"#,
+            ),
+            ("q.json", r#"[{"instruction": "hi", "output": "hello"}]"#),
+        ],
+    );
+    let opts = |name: &str| DataOptions {
+        dataset: names(&[name]),
+        dataset_dir: dir.clone(),
+        template: Some("chatml".into()),
+        ..DataOptions::default()
+    };
+    let e = load_dataset(&mut tokenizer(), &opts("prefs"), Stage::Sft)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"prefs\"") && e.contains("ranking"), "{e}");
+    let e = load_dataset(&mut tokenizer(), &opts("plain"), Stage::Rm)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"plain\"") && e.contains("ranking"), "{e}");
+    let module = load_dataset(&mut tokenizer(), &opts("prefs"), Stage::Rm).unwrap();
+    let Encoded::Pairs(pairs) = &module.train else {
+        panic!("rm gives pairs")
+    };
+    assert_eq!(pairs.len(), 2);
+    let prompt_len = pairs[0]
+        .chosen
+        .labels
+        .iter()
+        .take_while(|&&l| l == IGNORE_INDEX)
+        .count();
+    assert_eq!(
+        pairs[0].chosen.input_ids[..prompt_len],
+        pairs[0].rejected.input_ids[..prompt_len]
+    );
+    let b = &make_batches(&module.train, 2, None).unwrap()[0];
+    let lens: Vec<usize> = vec![
+        pairs[0].chosen.input_ids.len(),
+        pairs[1].chosen.input_ids.len(),
+        pairs[0].rejected.input_ids.len(),
+        pairs[1].rejected.input_ids.len(),
+    ];
+    assert_eq!(
+        b.to_model_batch().unwrap().sequence_lengths(),
+        lens.as_slice()
+    );
+    let packed = DataOptions {
+        packing: Some(true),
+        ..opts("prefs")
+    };
+    assert!(packed.validate(Stage::Rm).is_err());
+}

@@ -55,9 +55,9 @@ def import_llamafactory(lf_root):
         sys.modules["peft.utils"].WEIGHTS_NAME = "adapter_model.bin"
     from llamafactory.data import converter, template
     from llamafactory.data.parser import DatasetAttr
-    from llamafactory.data.processor import pretrain, supervised
+    from llamafactory.data.processor import pairwise, pretrain, supervised
 
-    return template, converter, supervised, pretrain, DatasetAttr
+    return template, converter, supervised, pretrain, pairwise, DatasetAttr
 
 
 def read_records(path):
@@ -173,7 +173,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "tests/golden/data_llamafactory.json"))
     args = ap.parse_args()
 
-    template_mod, converter_mod, supervised_mod, pretrain_mod, DatasetAttr = import_llamafactory(args.lf)
+    template_mod, converter_mod, supervised_mod, pretrain_mod, pairwise_mod, DatasetAttr = import_llamafactory(args.lf)
     from transformers import AutoTokenizer
 
     with open(os.path.join(args.data, "dataset_info.json")) as f:
@@ -239,6 +239,13 @@ def main():
             proc = pretrain_mod.PretrainDatasetProcessor(tmpl, tok, None, da)
             out = proc.preprocess_dataset(examples)
             rows = [{"input_ids": ids, "labels": ids} for ids in out["input_ids"]]
+        elif stage == "rm":  # rows: chosen, rejected, chosen, rejected, ...
+            proc = pairwise_mod.PairwiseDatasetProcessor(tmpl, tok, None, da)
+            out = proc.preprocess_dataset(examples)
+            rows = []
+            for i in range(len(out["chosen_input_ids"])):
+                rows.append({"input_ids": out["chosen_input_ids"][i], "labels": out["chosen_labels"][i]})
+                rows.append({"input_ids": out["rejected_input_ids"][i], "labels": out["rejected_labels"][i]})
         else:
             cls = supervised_mod.PackedSupervisedDatasetProcessor if da.packing else supervised_mod.SupervisedDatasetProcessor
             proc = cls(tmpl, tok, None, da)
@@ -263,6 +270,9 @@ def main():
     run("jinja", "sft", ["alpaca_en_demo", "extra_sharegpt", "extra_history"], 2, template=None, cutoff_len=256)
     run("smollm2/packing", "sft", ["alpaca_en_demo", "identity", "extra_sharegpt"], 4, template="smollm2", cutoff_len=192, packing=True)
     run("qwen/neat_packing", "sft", ["alpaca_en_demo", "identity", "extra_sharegpt"], 4, template="qwen", cutoff_len=192, neat_packing=True)
+    for t in ["smollm2", "qwen3", "llama3", "gemma2", "alpaca", "mistral"]:
+        run(f"rm/{t}", "rm", ["dpo_en_demo"], 3, template=t, cutoff_len=256)
+        run(f"rm/{t}/cutoff48", "rm", ["dpo_en_demo"], 2, template=t, cutoff_len=48)
     run("pt/c4", "pt", ["c4_demo"], 3, template="smollm2", cutoff_len=128)
     run("pt/wiki_llama3", "pt", ["wiki_demo"], 2, template="llama3", cutoff_len=200)
     run("pt/c4_nopacking", "pt", ["c4_demo"], 3, template="smollm2", cutoff_len=64, packing=False)

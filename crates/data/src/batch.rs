@@ -122,6 +122,14 @@ pub fn make_batches(
             match data {
                 Encoded::Examples(e) => add_example(&mut b, &e[i], &mut seg),
                 Encoded::Packed(p) => add_row(&mut b, &p[i], &mut seg),
+                Encoded::Pairs(p) => add_example(&mut b, &p[i].chosen, &mut seg),
+            }
+        }
+        // Preference batches: the chosen sequences, then the rejected ones in the same order (segment k and
+        // segment k + B are a pair), as DPO trainers concatenate them.
+        if let Encoded::Pairs(p) = data {
+            for &i in chunk {
+                add_example(&mut b, &p[i].rejected, &mut seg);
             }
         }
         if !b.input_ids.is_empty() {

@@ -2,7 +2,7 @@
 //! validation set (`val_size`), and the whole pipeline up to tokenized examples ([`load_dataset`]).
 
 use crate::convert::{convert, Example};
-use crate::encode::{self, EncodedExample, PackedRow, SupervisedConfig};
+use crate::encode::{self, EncodedExample, PackedRow, PairedExample, SupervisedConfig};
 use crate::info::{dataset_list, read_records, DatasetAttr};
 use crate::options::{DataOptions, MixStrategy, Stage, ValSize};
 use crate::template::{get_template_and_fix_tokenizer, Template};
@@ -200,6 +200,8 @@ pub fn split(
 pub enum Encoded {
     Examples(Vec<EncodedExample>),
     Packed(Vec<PackedRow>),
+    /// Preference data (`Stage::Rm`).
+    Pairs(Vec<PairedExample>),
 }
 
 impl Encoded {
@@ -207,6 +209,7 @@ impl Encoded {
         match self {
             Encoded::Examples(e) => e.len(),
             Encoded::Packed(p) => p.len(),
+            Encoded::Pairs(p) => p.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -241,6 +244,24 @@ pub fn encode_examples(
             Ok(Encoded::Examples(encode::encode_pretrain(
                 tok, &texts, cutoff_len, packing,
             )?))
+        }
+        Stage::Rm => {
+            let mut out = Vec::with_capacity(examples.len());
+            for (i, ex) in examples.iter().enumerate() {
+                if !encode::is_valid_pairwise(ex) {
+                    eprintln!(
+                        "[ferrotune-data] warning: dropped invalid preference example {i} ({} prompt / {} response messages)",
+                        ex.prompt.len(),
+                        ex.response.len()
+                    );
+                    continue;
+                }
+                out.push(
+                    encode::encode_pairwise(tok, template, ex, cutoff_len)
+                        .with_context(|| format!("example {i}"))?,
+                );
+            }
+            Ok(Encoded::Pairs(out))
         }
         Stage::Sft => {
             let cfg = SupervisedConfig {
@@ -297,8 +318,16 @@ pub fn load_dataset(
         let attrs = dataset_list(names, &options.dataset_dir)?;
         let mut sets = Vec::new();
         for attr in &attrs {
-            if attr.ranking {
-                bail!("dataset {:?} is ranking (preference) data; it is not applicable to the {stage:?} stage", attr.name);
+            if attr.ranking != (stage == Stage::Rm) {
+                bail!(
+                    "dataset {:?} is not applicable in the {stage:?} stage: {}",
+                    attr.name,
+                    if attr.ranking {
+                        "it is ranking (preference) data, for rm / dpo"
+                    } else {
+                        "rm / dpo need ranking data (\"ranking\": true)"
+                    }
+                );
             }
             sets.push(load_single(attr, options, rng)?);
         }

@@ -170,6 +170,72 @@ pub fn encode_supervised(
     Ok(EncodedExample { input_ids, labels })
 }
 
+/// A preference pair (`rm` / `dpo` data): the same prompt with the chosen and with the rejected response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairedExample {
+    pub chosen: EncodedExample,
+    pub rejected: EncodedExample,
+}
+
+/// Whether the pairwise processor keeps `ex` (`len(_prompt) % 2 == 1 and len(_response) >= 2`).
+pub fn is_valid_pairwise(ex: &Example) -> bool {
+    ex.prompt.len() % 2 == 1 && ex.response.len() >= 2
+}
+
+/// `PairwiseDatasetProcessor._encode_data_example`: the prompt and both responses truncated together by
+/// `infer_seqlen(prompt, max(chosen, rejected))`, the prompt masked.
+pub fn encode_pairwise(
+    tok: &ModelTokenizer,
+    template: &Template,
+    ex: &Example,
+    cutoff_len: usize,
+) -> Result<PairedExample> {
+    if !is_valid_pairwise(ex) {
+        bail!(
+            "invalid preference example: {} prompt and {} response messages",
+            ex.prompt.len(),
+            ex.response.len()
+        );
+    }
+    let with = |r: &crate::convert::Message| -> Vec<crate::convert::Message> {
+        ex.prompt
+            .iter()
+            .cloned()
+            .chain(std::iter::once(r.clone()))
+            .collect()
+    };
+    let (prompt, mut chosen) =
+        template.encode_oneturn(tok, &with(&ex.response[0]), &ex.system, &ex.tools)?;
+    let (_, mut rejected) =
+        template.encode_oneturn(tok, &with(&ex.response[1]), &ex.system, &ex.tools)?;
+    if template.efficient_eos {
+        let Some(eos) = tok.eos_token_id() else {
+            bail!(
+                "template {} needs an eos token and the tokenizer has none",
+                template.name
+            )
+        };
+        chosen.push(eos);
+        rejected.push(eos);
+    }
+    let (source_len, target_len) =
+        infer_seqlen(prompt.len(), chosen.len().max(rejected.len()), cutoff_len);
+    let prompt = &prompt[..source_len];
+    let side = |resp: &[u32]| {
+        let resp = &resp[..target_len.min(resp.len())];
+        EncodedExample {
+            input_ids: prompt.iter().chain(resp).copied().collect(),
+            labels: std::iter::repeat_n(IGNORE_INDEX, source_len)
+                .chain(resp.iter().map(|&x| i64::from(x)))
+                .collect(),
+        }
+    };
+    Ok(PairedExample {
+        chosen: side(&chosen),
+        rejected: side(&rejected),
+    })
+}
+
 /// `greedy_knapsack(lengths, capacity)`: groups of lengths, each summing to at most `capacity`, largest
 /// fitting first (lengths sorted, then binary search), in LLaMA-Factory's order.
 pub fn greedy_knapsack(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {

@@ -11,6 +11,8 @@ pub enum Stage {
     Pt,
     /// Supervised fine-tuning: prompt masked with `IGNORE_INDEX`, responses trained on.
     Sft,
+    /// Preference pairs (`rm`, and `dpo` which reads the same data): chosen and rejected encodings.
+    Rm,
 }
 
 /// How several datasets are merged (`mix_strategy`).
@@ -158,6 +160,9 @@ impl DataOptions {
         }
         if self.train_on_prompt && self.mask_history {
             bail!("`mask_history` is incompatible with `train_on_prompt`");
+        }
+        if (self.packing == Some(true) || self.neat_packing) && stage == Stage::Rm {
+            bail!("packing is not supported for preference (rm / dpo) data");
         }
         if self.neat_packing && stage != Stage::Sft {
             bail!("`neat_packing` cannot be set as True except SFT");

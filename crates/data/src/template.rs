@@ -531,6 +531,52 @@ impl Template {
         Ok(pairs(enc))
     }
 
+    /// `encode_oneturn`: every message but the last as the prompt, the last as the response (reasoning
+    /// templates drop history thoughts unless `preserve_thinking`, and add an empty thought as
+    /// `encode_multiturn` does).
+    pub fn encode_oneturn(
+        &self,
+        tok: &ModelTokenizer,
+        messages: &[Message],
+        system: &str,
+        tools: &str,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let mut messages = messages.to_vec();
+        let reasoning = self.class == TemplateClass::Reasoning;
+        if reasoning {
+            if !self.preserve_thinking {
+                for i in (1..messages.len().saturating_sub(2)).step_by(2) {
+                    messages[i].content = self.remove_thought(&messages[i].content);
+                }
+            }
+            if self.enable_thinking == Some(false) {
+                if let Some(last) = messages.last_mut() {
+                    last.content = self.remove_thought(&last.content);
+                }
+            }
+        }
+        let mut enc = self.encode_messages(tok, &messages, system, tools)?;
+        let mut response = enc.pop().unwrap_or_default();
+        let mut prompt: Vec<u32> = enc.into_iter().flatten().collect();
+        if reasoning {
+            let last = messages.last().map_or("", |m| m.content.as_str());
+            if !last.contains(self.thought_words.0.trim())
+                && !last.contains(self.thought_words.1.trim())
+            {
+                let thought_ids = tok.encode(
+                    &format!("{}{}", self.thought_words.0, self.thought_words.1),
+                    false,
+                )?;
+                if self.enable_thinking != Some(true) {
+                    prompt.extend(thought_ids);
+                } else {
+                    response = [thought_ids, response].concat();
+                }
+            }
+        }
+        Ok((prompt, response))
+    }
+
     /// `get_template_and_fix_tokenizer`'s tokenizer half (`fix_special_tokens`): with `replace_eos` the first
     /// stop word becomes eos, a missing eos becomes `<|endoftext|>`, a missing pad becomes eos, the other stop
     /// words become special tokens. New tokens get ids past the vocabulary, as transformers gives them.
