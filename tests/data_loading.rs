@@ -671,3 +671,28 @@ fn preference_data_is_rm_only_and_batches_chosen_then_rejected() {
     };
     assert!(packed.validate(Stage::Rm).is_err());
 }
+
+#[test]
+fn tokenized_path_saves_then_loads_instead_of_tokenizing() {
+    let dir = std::env::temp_dir().join(format!("ferrotune-data-tokenized-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = DataOptions {
+        dataset: names(&["identity"]),
+        dataset_dir: repo().join("data"),
+        template: Some("chatml".into()),
+        val_size: ValSize::Count(3),
+        tokenized_path: Some(dir.clone()),
+        ..DataOptions::default()
+    };
+    let first = load_dataset(&mut tokenizer(), &opts, Stage::Sft).unwrap();
+    assert_eq!(first.saved_tokenized_path.as_deref(), Some(dir.as_path()));
+    // The data on disk wins: no dataset named, nothing re-read.
+    let again = DataOptions {
+        dataset: vec![],
+        ..opts
+    };
+    let second = load_dataset(&mut tokenizer(), &again, Stage::Sft).unwrap();
+    assert!(second.saved_tokenized_path.is_none());
+    assert_eq!((second.train, second.eval), (first.train, first.eval));
+    let _ = std::fs::remove_dir_all(&dir);
+}

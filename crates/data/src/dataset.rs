@@ -223,6 +223,9 @@ pub struct DatasetModule {
     pub template: Template,
     pub train: Encoded,
     pub eval: Option<Encoded>,
+    /// Set when this run tokenized the data and saved it to `tokenized_path`: LLaMA-Factory then tells the
+    /// user to launch again with `tokenized_path` and exits; the caller decides.
+    pub saved_tokenized_path: Option<std::path::PathBuf>,
 }
 
 /// Tokenize aligned examples for `stage` (the processors; invalid supervised examples dropped with a warning).
@@ -305,10 +308,23 @@ pub fn load_dataset(
     options: &DataOptions,
     stage: Stage,
 ) -> Result<DatasetModule> {
-    options.validate(stage)?;
-    if let Some(p) = &options.tokenized_path {
-        bail!("tokenized_path ({}) is not supported yet; leave it unset and the data is tokenized on each run", p.display());
+    if let Some(dir) = options
+        .tokenized_path
+        .as_ref()
+        .filter(|d| crate::cache::has_tokenized_data(d))
+    {
+        // As LLaMA-Factory: data on disk wins and the other data arguments are ignored.
+        eprintln!("[ferrotune-data] warning: loading the tokenized dataset from {}; other data arguments are ignored", dir.display());
+        let template = get_template_and_fix_tokenizer(tok, options)?;
+        let (train, eval) = crate::cache::load(dir)?;
+        return Ok(DatasetModule {
+            template,
+            train,
+            eval,
+            saved_tokenized_path: None,
+        });
     }
+    options.validate(stage)?;
     let template = get_template_and_fix_tokenizer(tok, options)?;
     let mut rng = Rng::new(options.seed);
     let load_all = |names: &[String], rng: &mut Rng| -> Result<Option<Vec<Example>>> {
@@ -351,9 +367,15 @@ pub fn load_dataset(
     let eval = eval
         .map(|e| encode_examples(tok, &template, &e, options, stage))
         .transpose()?;
+    let mut saved_tokenized_path = None;
+    if let Some(dir) = &options.tokenized_path {
+        crate::cache::save(dir, &train, eval.as_ref())?;
+        saved_tokenized_path = Some(dir.clone());
+    }
     Ok(DatasetModule {
         template,
         train,
         eval,
+        saved_tokenized_path,
     })
 }

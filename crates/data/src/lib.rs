@@ -14,6 +14,7 @@
 //! [`load_dataset`] runs 1-5.
 
 pub mod batch;
+pub mod cache;
 pub mod convert;
 pub mod dataset;
 pub mod encode;

@@ -95,7 +95,8 @@ pub struct DataOptions {
     pub seed: u64,
     /// Only `false` is supported (datasets are read into memory).
     pub streaming: bool,
-    /// Where tokenized data is cached (not read or written by this crate yet; see `load_dataset`).
+    /// A folder for tokenized data: read when it holds data (the other data arguments are then ignored),
+    /// else written after tokenizing (see `cache`).
     pub tokenized_path: Option<PathBuf>,
     /// Overrides the template's default system prompt.
     pub default_system: Option<String>,
