@@ -14,20 +14,88 @@ use ferrotune_tensor::{DType, Tensor};
 pub struct Linear {
     pub weight: Var,
     pub bias: Option<Var>,
+    /// A LoRA branch (PEFT's `lora.Linear`), when one is attached.
+    pub lora: Option<LoraAdapter>,
+}
+
+/// A LoRA branch on a [`Linear`], exactly PEFT's `lora.Linear` with `fan_in_fan_out=False`:
+///
+/// ```text
+/// y = x W^T (+ b) + scaling * ((dropout(x) A^T) B^T)      A [r, in], B [out, r]
+/// ```
+///
+/// `scaling` is `lora_alpha / r` (or `lora_alpha / sqrt(r)` with rsLoRA). Gradients come from the ops the
+/// branch is made of (matmul, dropout, scale): with `G = dL/dy` and `x' = dropout(x)`,
+/// `dB = scaling * G^T (x' A^T)`, `dA = scaling * (G B)^T x'`, and `dx` gains `scaling * mask ⊙ (G B) A / (1-p)`;
+/// a frozen `W` (a `Var::constant`) gets no weight-gradient GEMM, only `dx += G W`.
+///
+/// `A` and `B` are f32 (f64 in an f64 model) whatever `W`'s dtype, as LLaMA-Factory upcasts trainable
+/// parameters. Dropout draws its mask from `mix64(step_seed ^ dropout_salt)`, so each module gets its own mask
+/// and a step can be replayed exactly (backward regenerates the mask from the seed).
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// `lora_A.weight [r, in]`.
+    pub a: Var,
+    /// `lora_B.weight [out, r]`.
+    pub b: Var,
+    pub scaling: f64,
+    /// `lora_dropout` probability (0 = identity).
+    pub dropout: f64,
+    /// Makes this module's dropout mask differ from every other module's in the same step.
+    pub dropout_salt: u64,
+}
+
+impl LoraAdapter {
+    pub fn rank(&self) -> usize {
+        self.a.shape()[0]
+    }
+
+    /// `scaling * B A` as a `[out, in]` tensor in `dtype` (what merging adds to `W`).
+    pub fn delta_weight(&self, dtype: DType) -> Result<Tensor> {
+        let (a, b) = (self.a.value(), self.b.value());
+        let wide = if a.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        let ba = b.to_dtype(wide)?.matmul(&a.to_dtype(wide)?)?.scale(self.scaling)?;
+        Ok(ba.to_dtype(dtype)?)
+    }
 }
 
 impl Linear {
     pub fn new(weight: Var, bias: Option<Var>) -> Linear {
-        Linear { weight, bias }
+        Linear { weight, bias, lora: None }
     }
 
-    /// `x [N, in] -> [N, out]`.
+    /// `x [N, in] -> [N, out]` (a LoRA branch, if attached, runs without dropout: evaluation).
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            None => Ok(y),
-            Some(b) => Ok(y.add(&in_dtype(b, y.value().dtype())?)?),
+        self.forward_with_dropout(x, None)
+    }
+
+    /// `x [N, in] -> [N, out]`; `dropout_seed` (a training step's seed) turns on the LoRA branch's dropout.
+    pub fn forward_with_dropout(&self, x: &Var, dropout_seed: Option<u64>) -> Result<Var> {
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.add(&in_dtype(b, y.value().dtype())?)?;
         }
+        let Some(lora) = &self.lora else { return Ok(y) };
+        let dropped = match dropout_seed {
+            Some(seed) if lora.dropout > 0.0 => {
+                x.dropout(lora.dropout, ferrotune_tensor::rng::mix64(seed ^ lora.dropout_salt))?
+            }
+            _ => x.clone(),
+        };
+        let dtype = y.value().dtype();
+        let down = dropped.matmul(&in_dtype(&lora.a, dtype)?.t()?)?;
+        let up = down.matmul(&in_dtype(&lora.b, dtype)?.t()?)?.scale(lora.scaling)?;
+        Ok(y.add(&up)?)
+    }
+
+    /// Fold the LoRA branch into the weight (`W += scaling B A`, PEFT's `merge_and_unload`) and drop it. The
+    /// merged weight keeps `W`'s dtype and trainability.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let Some(lora) = self.lora.take() else { return Ok(()) };
+        let w = self.weight.value();
+        let merged = w.add(&lora.delta_weight(w.dtype())?)?;
+        self.weight = if self.weight.requires_grad() { Var::param(merged) } else { Var::constant(merged) };
+        Ok(())
     }
 
     pub fn in_features(&self) -> usize {

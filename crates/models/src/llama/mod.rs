@@ -32,7 +32,7 @@ mod batch;
 mod layers;
 
 pub use batch::Batch;
-pub use layers::Linear;
+pub use layers::{Linear, LoraAdapter};
 
 use crate::{bail, Architecture, Error, ModelConfig, Result, WeightDType, WeightMap};
 use ferrotune_autograd::Var;
@@ -78,6 +78,20 @@ pub struct LayerContext {
     kv_heads: usize,
     head_dim: usize,
     rms_norm_eps: f64,
+    /// A training step's seed: turns on LoRA dropout (`None`: evaluation, no dropout).
+    dropout_seed: Option<u64>,
+}
+
+impl LayerContext {
+    /// This context with training-mode dropout seeded by `seed` (LoRA dropout), or none.
+    pub fn with_dropout_seed(mut self, seed: Option<u64>) -> LayerContext {
+        self.dropout_seed = seed;
+        self
+    }
+
+    pub fn dropout_seed(&self) -> Option<u64> {
+        self.dropout_seed
+    }
 }
 
 impl DecoderLayer {
@@ -86,16 +100,17 @@ impl DecoderLayer {
     pub fn forward(&self, x: &Var, ctx: &LayerContext) -> Result<Var> {
         let (n, hq, hkv, d) = (ctx.tokens, ctx.heads, ctx.kv_heads, ctx.head_dim);
         let a = &self.self_attn;
+        let seed = ctx.dropout_seed;
         let h = x.rms_norm(&self.input_layernorm, ctx.rms_norm_eps)?;
-        let q = a.q_proj.forward(&h)?.reshape(&[1, n, hq, d])?.rope(&ctx.rope, &ctx.positions)?;
-        let k = a.k_proj.forward(&h)?.reshape(&[1, n, hkv, d])?.rope(&ctx.rope, &ctx.positions)?;
-        let v = a.v_proj.forward(&h)?.reshape(&[1, n, hkv, d])?;
+        let q = a.q_proj.forward_with_dropout(&h, seed)?.reshape(&[1, n, hq, d])?.rope(&ctx.rope, &ctx.positions)?;
+        let k = a.k_proj.forward_with_dropout(&h, seed)?.reshape(&[1, n, hkv, d])?.rope(&ctx.rope, &ctx.positions)?;
+        let v = a.v_proj.forward_with_dropout(&h, seed)?.reshape(&[1, n, hkv, d])?;
         let attended = Var::attention(&q, &k, &v, &ctx.attention)?.reshape(&[n, hq * d])?;
-        let x = x.add(&a.o_proj.forward(&attended)?)?;
+        let x = x.add(&a.o_proj.forward_with_dropout(&attended, seed)?)?;
         let m = &self.mlp;
         let h = x.rms_norm(&self.post_attention_layernorm, ctx.rms_norm_eps)?;
-        let gated = m.gate_proj.forward(&h)?.swiglu(&m.up_proj.forward(&h)?)?;
-        Ok(x.add(&m.down_proj.forward(&gated)?)?)
+        let gated = m.gate_proj.forward_with_dropout(&h, seed)?.swiglu(&m.up_proj.forward_with_dropout(&h, seed)?)?;
+        Ok(x.add(&m.down_proj.forward_with_dropout(&gated, seed)?)?)
     }
 }
 
@@ -271,6 +286,10 @@ impl LlamaModel {
     /// once (no `lm_head.weight`). Cloning a `Var` is cheap (a shared handle): gradients read from these are the
     /// model's.
     pub fn parameters(&self) -> Vec<(String, Var)> {
+        self.collect_parameters(false)
+    }
+
+    fn collect_parameters(&self, with_lora: bool) -> Vec<(String, Var)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
         for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.self_attn;
@@ -289,6 +308,10 @@ impl LlamaModel {
                 if let Some(b) = &lin.bias {
                     out.push((format!("model.layers.{i}.{name}.bias"), b.clone()));
                 }
+                if let (true, Some(l)) = (with_lora, &lin.lora) {
+                    out.push((format!("model.layers.{i}.{name}.lora_A.weight"), l.a.clone()));
+                    out.push((format!("model.layers.{i}.{name}.lora_B.weight"), l.b.clone()));
+                }
             }
             out.push((format!("model.layers.{i}.input_layernorm.weight"), layer.input_layernorm.clone()));
             out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), layer.post_attention_layernorm.clone()));
@@ -303,6 +326,21 @@ impl LlamaModel {
     /// Mutable handles to every parameter, same names and order as [`LlamaModel::parameters`]: an optimizer
     /// writes updated values by replacing the leaf (`*var = Var::param(new_value)`).
     pub fn parameters_mut(&mut self) -> Vec<(String, &mut Var)> {
+        self.collect_parameters_mut(false)
+    }
+
+    /// Every parameter including the LoRA matrices: [`LlamaModel::parameters`]'s order with each projection's
+    /// `lora_A.weight` and `lora_B.weight` right after its weight and bias (PEFT's module order).
+    pub fn parameters_with_adapters(&self) -> Vec<(String, Var)> {
+        self.collect_parameters(true)
+    }
+
+    /// [`LlamaModel::parameters_with_adapters`], mutable (the optimizer replaces leaves).
+    pub fn parameters_with_adapters_mut(&mut self) -> Vec<(String, &mut Var)> {
+        self.collect_parameters_mut(true)
+    }
+
+    fn collect_parameters_mut(&mut self, with_lora: bool) -> Vec<(String, &mut Var)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), &mut self.embed_tokens)];
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let DecoderLayer {
@@ -321,9 +359,14 @@ impl LlamaModel {
                 ("mlp.down_proj", down_proj),
             ];
             for (name, lin) in linears {
-                out.push((format!("model.layers.{i}.{name}.weight"), &mut lin.weight));
-                if let Some(b) = lin.bias.as_mut() {
+                let Linear { weight, bias, lora } = lin;
+                out.push((format!("model.layers.{i}.{name}.weight"), weight));
+                if let Some(b) = bias.as_mut() {
                     out.push((format!("model.layers.{i}.{name}.bias"), b));
+                }
+                if let (true, Some(l)) = (with_lora, lora.as_mut()) {
+                    out.push((format!("model.layers.{i}.{name}.lora_A.weight"), &mut l.a));
+                    out.push((format!("model.layers.{i}.{name}.lora_B.weight"), &mut l.b));
                 }
             }
             out.push((format!("model.layers.{i}.input_layernorm.weight"), input_layernorm));
@@ -389,6 +432,7 @@ impl LlamaModel {
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
             rms_norm_eps: c.rms_norm_eps,
+            dropout_seed: None,
         })
     }
 
@@ -424,13 +468,97 @@ impl LlamaModel {
         if targets.len() != batch.len() {
             bail!("{} targets for a batch of {} tokens", targets.len(), batch.len());
         }
+        let hidden = self.forward_hidden(batch)?;
+        self.loss_from_hidden(&hidden, targets, reduction)
+    }
+
+    /// The fused lm_head + cross-entropy on final hidden states `[N, hidden]` (from [`LlamaModel::final_norm`])
+    /// against already-shifted targets, for trainers that drive the layers themselves.
+    pub fn loss_from_hidden(&self, hidden: &Var, targets: &[i64], reduction: Reduction) -> Result<Var> {
+        if targets.len() != hidden.shape()[0] {
+            bail!("{} targets for {} hidden states", targets.len(), hidden.shape()[0]);
+        }
         let vocab = self.config.vocab_size as i64;
         if let Some((i, t)) = targets.iter().enumerate().find(|(_, &t)| t != IGNORE_INDEX && !(0..vocab).contains(&t)) {
             bail!("target {t} at token {i} is neither -100 nor a token id below vocab_size {vocab}");
         }
-        let hidden = self.forward_hidden(batch)?;
         let targets = Tensor::from_vec(targets.to_vec(), &[targets.len()])?;
-        Ok(Var::linear_cross_entropy(&hidden, self.lm_head_weight(), &targets, IGNORE_INDEX, reduction)?)
+        Ok(Var::linear_cross_entropy(hidden, self.lm_head_weight(), &targets, IGNORE_INDEX, reduction)?)
+    }
+
+    /// Every projection under its HF module name (`model.layers.{i}.self_attn.q_proj`, ...), in
+    /// `named_modules()` order: where LoRA branches attach.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), lin));
+            }
+        }
+        out
+    }
+
+    /// [`LlamaModel::linears`], mutable.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let Attention { q_proj, k_proj, v_proj, o_proj } = &mut layer.self_attn;
+            let Mlp { gate_proj, up_proj, down_proj } = &mut layer.mlp;
+            for (name, lin) in [
+                ("self_attn.q_proj", q_proj),
+                ("self_attn.k_proj", k_proj),
+                ("self_attn.v_proj", v_proj),
+                ("self_attn.o_proj", o_proj),
+                ("mlp.gate_proj", gate_proj),
+                ("mlp.up_proj", up_proj),
+                ("mlp.down_proj", down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), lin));
+            }
+        }
+        out
+    }
+
+    /// The LoRA matrices under PEFT's names without the `base_model.model.` prefix
+    /// (`model.layers.0.self_attn.q_proj.lora_A.weight`, then `lora_B`), in module order.
+    pub fn lora_parameters(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (name, lin) in self.linears() {
+            if let Some(l) = &lin.lora {
+                out.push((format!("{name}.lora_A.weight"), l.a.clone()));
+                out.push((format!("{name}.lora_B.weight"), l.b.clone()));
+            }
+        }
+        out
+    }
+
+    /// [`LlamaModel::lora_parameters`], mutable (an optimizer replaces the leaves).
+    pub fn lora_parameters_mut(&mut self) -> Vec<(String, &mut Var)> {
+        let mut out = Vec::new();
+        for (name, lin) in self.linears_mut() {
+            if let Some(l) = lin.lora.as_mut() {
+                out.push((format!("{name}.lora_A.weight"), &mut l.a));
+                out.push((format!("{name}.lora_B.weight"), &mut l.b));
+            }
+        }
+        out
+    }
+
+    /// Fold every LoRA branch into its weight (PEFT `merge_and_unload`).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for (name, lin) in self.linears_mut() {
+            lin.merge_lora().map_err(|e| Error::msg(format!("{name}: merging LoRA: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Reject what this model would otherwise compute differently from HF, or fail on deep inside a kernel.
