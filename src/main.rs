@@ -3,6 +3,7 @@
 mod bench;
 mod env;
 mod model_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +28,12 @@ enum Command {
     /// Inspect a model (HF folder, GGUF file or hub id) or convert it to an HF folder.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Fine-tune a model as `llamafactory-cli train` does: a YAML/JSON config plus `key=value` overrides.
+    Train {
+        /// The config file (`.yaml`, `.yml`, `.json`) and/or `key=value` overrides and `--key value` flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Let `ferrotune ... | head` end quietly: Rust ignores SIGPIPE by default, which turns a closed pipe into a
@@ -62,6 +69,7 @@ fn main() -> ExitCode {
         Command::Env => env::run(),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Train { args } => train_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -139,6 +139,15 @@ fn adapter_files_have_peft_layout_and_load_back() {
         let out = dir.join(case);
         adapters::save_adapter(&out, &model, &settings, &fixture_dir(fixture).display().to_string()).unwrap();
 
+        // For the by-hand check that PEFT loads what we save:
+        //   FERROTUNE_KEEP_ADAPTERS=/tmp/x cargo test --test train_lora adapter_files
+        //   /work/pyref/bin/python scripts/golden/peft_lora.py --check /tmp/x/all
+        if let Ok(keep) = std::env::var("FERROTUNE_KEEP_ADAPTERS") {
+            let kept = std::path::Path::new(&keep).join(case);
+            adapters::save_adapter(&kept, &model, &settings, &fixture_dir(fixture).display().to_string()).unwrap();
+            let loss = trainer::micro_batch_loss(&model, &golden_batch(), None, Reduction::Mean).unwrap();
+            println!("{case}: kept adapter in {}, f64 loss {:.15}", kept.display(), loss.value().to_vec_f64().unwrap()[0]);
+        }
         // Tensor names exactly PEFT's state-dict keys, shapes [r, in] / [out, r].
         let peft_keys: Vec<String> = serde_json::from_str(&meta["peft_keys"]).unwrap();
         let file = ferrotune_models::safetensors::SafetensorsFile::open(&out.join("adapter_model.safetensors")).unwrap();
