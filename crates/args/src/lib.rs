@@ -487,9 +487,11 @@ impl TrainingArguments {
         Optimizer::from_optim(&self.optim)
     }
 
-    /// Optimizer steps per epoch for `num_batches` micro-batches (HF: `len(dataloader) // grad_accum`, at least 1).
+    /// Optimizer steps per epoch for `num_batches` micro-batches (HF: `ceil(len(dataloader) / grad_accum)`, at least 1).
     pub fn update_steps_per_epoch(&self, num_batches: usize) -> usize {
-        (num_batches / self.gradient_accumulation_steps.max(1) as usize).max(1)
+        // transformers 5.6 `Trainer._inner_training_loop`: a partial accumulation window at the end of an epoch
+        // is still an optimizer step, so this rounds up.
+        num_batches.div_ceil(self.gradient_accumulation_steps.max(1) as usize).max(1)
     }
 
     /// Total optimizer steps: `max_steps` when > 0, else `ceil(num_train_epochs * steps_per_epoch)`.

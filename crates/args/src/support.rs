@@ -255,7 +255,7 @@ pub static SUPPORT: &[(&str, Support)] = &[
     ("torch_compile_mode", NoOp("a PyTorch/CUDA runtime knob with no counterpart in ferrotune's engine")),
     ("include_tokens_per_second", Supported),
     ("include_num_input_tokens_seen", Supported),
-    ("neftune_noise_alpha", NotYet("NEFTune embedding noise is not implemented")),
+    ("neftune_noise_alpha", Supported),
     ("optim_target_modules", NotYet("GaLore/APOLLO-style optimizers are not implemented")),
     ("batch_eval_metrics", NoOp("metrics are accumulated per batch already")),
     ("eval_on_start", Supported),
