@@ -459,21 +459,19 @@ fn block_fma(acc: &mut [f32; LANES], d: f32, q: &[f32; QK], x: &[f32]) {
     }
 }
 
-/// Unquantized rows: `Σ w x` in `LANES` lanes per activation row.
+/// Unquantized rows, in the same shape as the quantized kernels (which the compiler vectorises well for every
+/// `N`): 32 weights widened into a stack block, then `LANES`-wide multiply-adds into each activation row's sums.
 #[inline(always)]
 fn plain_dot<const N: usize, W>(w: &[W], cols: usize, xs: &[f32], out: &mut [f32], widen: impl Fn(&W) -> f32) {
     let mut acc = [[0.0f32; LANES]; N];
-    let body = cols / LANES * LANES;
-    let mut wv = [0.0f32; LANES];
-    for c0 in (0..body).step_by(LANES) {
-        for l in 0..LANES {
-            wv[l] = widen(&w[c0 + l]);
+    let body = cols / QK * QK;
+    let mut q = [0.0f32; QK];
+    for c0 in (0..body).step_by(QK) {
+        for (qv, wv) in q.iter_mut().zip(&w[c0..c0 + QK]) {
+            *qv = widen(wv);
         }
         for i in 0..N {
-            let x = &xs[i * cols + c0..][..LANES];
-            for l in 0..LANES {
-                acc[i][l] += wv[l] * x[l];
-            }
+            block_fma(&mut acc[i], 1.0, &q, &xs[i * cols + c0..][..QK]);
         }
     }
     for i in 0..N {
@@ -541,5 +539,50 @@ mod tests {
         assert!(Matrix::from_f32(vec![0.0; 10], 2, 5, WeightFormat::Q8_0).is_err());
         let m = Matrix::from_f32(vec![0.0; 64], 2, 32, WeightFormat::F32).unwrap();
         assert!(m.matmul_t(&[0.0; 31], 1, &mut [0.0; 2]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod throughput {
+    use super::*;
+    use std::time::Instant;
+
+    /// Weight-streaming rate of the few-rows kernel on SmolLM2's gate_up shape (`cargo test -p ferrotune-infer
+    /// --lib kernel_throughput -- --ignored --nocapture`); single thread, so other load matters less.
+    #[test]
+    #[ignore]
+    fn kernel_throughput() {
+        let (rows, cols) = (3072, 576);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for format in [WeightFormat::F32, WeightFormat::BF16, WeightFormat::Q8_0, WeightFormat::Q4_1] {
+            let m = Matrix::from_f32(w.clone(), rows, cols, format).unwrap();
+            for n in [1, 8] {
+                for kernel in [KernelChoice::Avx512, KernelChoice::Avx2, KernelChoice::Generic] {
+                    let x = vec![0.5f32; n * cols];
+                    let mut out = vec![0.0; n * rows];
+                    let reps = 200;
+                    let best = pool.install(|| {
+                        (0..5)
+                            .map(|_| {
+                                let t = Instant::now();
+                                for _ in 0..reps {
+                                    m.matmul_t_with(kernel, &x, n, &mut out).unwrap();
+                                }
+                                t.elapsed().as_secs_f64() / reps as f64
+                            })
+                            .fold(f64::MAX, f64::min)
+                    });
+                    println!(
+                        "{:>5} n={n} {:>8}: {:>6.2} Gweights/s  {:>6.2} GB/s of weights  ({:.1} us)",
+                        format.name(),
+                        kernel.name(),
+                        (rows * cols) as f64 / best / 1e9,
+                        m.nbytes() as f64 / best / 1e9,
+                        best * 1e6
+                    );
+                }
+            }
+        }
     }
 }
