@@ -6,6 +6,9 @@
 //! disturbed by other load on the machine) and the median beside it. `scripts/bench_gemm_numpy.py` measures
 //! numpy (OpenBLAS) the same way and prints a side-by-side comparison.
 
+#[path = "bench_generate.rs"]
+mod bench_generate;
+
 use ferrotune_tensor::cpu::gemm::{self, GemmInput, GemmKernel, MatMut, MatRef};
 use ferrotune_tensor::{bf16, f16};
 use std::time::Instant;
@@ -14,6 +17,8 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Time the CPU GEMM (C = A·B, f32 accumulation) and report GFLOP/s per shape and thread count.
     Gemm(GemmArgs),
+    /// Time the inference engine: prompt processing and decode tokens/s per weight format and batch size.
+    Generate(bench_generate::GenerateArgs),
 }
 
 #[derive(clap::Args)]
@@ -68,6 +73,7 @@ impl InputDType {
 pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Gemm(args) => run_gemm(args),
+        BenchCommand::Generate(args) => bench_generate::run(args),
     }
 }
 
