@@ -24,7 +24,7 @@ use ferrotune_models::gguf::{names, GgmlType, GgufFile};
 use ferrotune_models::{bail, Architecture, Context, Error, LoadOptions, ModelConfig, Result, WeightMap};
 use ferrotune_tensor::cpu::kernels::attention::{flash_attention_forward, AttentionMask, HeadsView};
 use ferrotune_tensor::ops::RopeTable;
-use ferrotune_tensor::{DType, Tensor};
+use ferrotune_tensor::DType;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -626,6 +626,3 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
-
-/// Bring `Tensor` into scope for doc links and callers that build weights by hand.
-pub type WeightTensor = Tensor;
