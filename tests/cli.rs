@@ -1,5 +1,7 @@
 //! The `ferrotune` binary as a user runs it.
 
+mod common;
+
 use std::process::Command;
 
 fn ferrotune(args: &[&str]) -> std::process::Output {
@@ -43,23 +45,9 @@ fn bad_arguments_are_clear_errors_not_panics() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 }
 
-/// The SmolLM2 GGUF from scripts/fetch-smollm2.sh; `None` (skip) when absent, unless FERROTUNE_REQUIRE_MODELS=1.
-fn smollm2_gguf() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if path.is_file() {
-        return Some(path);
-    }
-    let msg = format!("SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh", path.display());
-    assert!(std::env::var("FERROTUNE_REQUIRE_MODELS").as_deref() != Ok("1"), "{msg} (FERROTUNE_REQUIRE_MODELS=1)");
-    eprintln!("skipping: {msg}");
-    None
-}
-
 #[test]
 fn model_info_and_convert_a_gguf_to_an_hf_folder_that_loads_back() {
-    let Some(gguf) = smollm2_gguf() else { return };
+    let Some(gguf) = common::smollm2_gguf() else { return };
     let gguf = gguf.to_str().unwrap();
     let out = ferrotune(&["model", "info", gguf]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -7,29 +7,15 @@
 //! LLaMA-Factory's demo data (FERROTUNE_LLAMAFACTORY_DATA, default ../shared/data/llamafactory next to the
 //! repository). Without them the test prints what is missing and passes, unless FERROTUNE_REQUIRE_MODELS=1.
 
+mod common;
+
 use ferrotune_data::{load_dataset, make_batches, DataOptions, Encoded, Stage, IGNORE_INDEX};
 use ferrotune_models::{gguf, ModelTokenizer};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
-fn skip_or_fail(msg: String) {
-    if std::env::var("FERROTUNE_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{msg} (FERROTUNE_REQUIRE_MODELS=1)");
-    }
-    eprintln!("skipping: {msg}");
-}
-
 fn smollm2_tokenizer() -> Option<ModelTokenizer> {
-    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if !path.is_file() {
-        skip_or_fail(format!("SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh (or set FERROTUNE_SMOLLM2_GGUF)", path.display()));
-        return None;
-    }
+    let path = common::smollm2_gguf()?;
     let file = gguf::GgufFile::open(&path).unwrap();
     Some(gguf::tokenizer::model_tokenizer(&file.metadata).unwrap())
 }
@@ -41,7 +27,7 @@ fn llamafactory_data() -> Option<PathBuf> {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/llamafactory")
         });
     if !dir.join("dataset_info.json").is_file() {
-        skip_or_fail(format!(
+        common::skip_or_fail(&format!(
             "LLaMA-Factory demo data not found at {} (set FERROTUNE_LLAMAFACTORY_DATA to its data/ folder)",
             dir.display()
         ));

@@ -794,30 +794,13 @@ fn gpt2_pre_tokenizers_split_digits_their_own_way() {
 // The real SmolLM2-135M-Instruct Q4_1 file against transformers' GGUF loader.
 // ---------------------------------------------------------------------------------------------------------------
 
-fn smollm2_path() -> Option<PathBuf> {
-    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if path.is_file() {
-        return Some(path);
-    }
-    let msg = format!(
-        "SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh (or set FERROTUNE_SMOLLM2_GGUF)",
-        path.display()
-    );
-    if std::env::var("FERROTUNE_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{msg} (FERROTUNE_REQUIRE_MODELS=1)");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
 
 /// Loaded once for all SmolLM2 tests (about 0.5 GB of f32 weights).
 fn smollm2() -> Option<&'static gguf::GgufModel> {
     static MODEL: OnceLock<Option<gguf::GgufModel>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let path = smollm2_path()?;
+            let path = common::smollm2_gguf()?;
             let start = std::time::Instant::now();
             let m = gguf::load(&path, &LoadOptions::default()).unwrap();
             eprintln!("loaded {} in {:.2?}", path.display(), start.elapsed());
@@ -828,7 +811,7 @@ fn smollm2() -> Option<&'static gguf::GgufModel> {
 
 #[test]
 fn smollm2_inspect_is_cheap_and_complete() {
-    let Some(path) = smollm2_path() else { return };
+    let Some(path) = common::smollm2_gguf() else { return };
     let meta = gguf::inspect(&path).unwrap();
     assert_eq!(meta.version, 3);
     assert_eq!(meta.tensors.len(), 272);

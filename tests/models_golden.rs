@@ -326,20 +326,6 @@ fn random_init_is_hf_init_and_seeded() {
 
 // ---- SmolLM2-135M from GGUF ------------------------------------------------------------------------------------
 
-fn smollm2_path() -> Option<PathBuf> {
-    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if path.is_file() {
-        return Some(path);
-    }
-    let msg = format!("SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh (or set FERROTUNE_SMOLLM2_GGUF)", path.display());
-    if std::env::var("FERROTUNE_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{msg} (FERROTUNE_REQUIRE_MODELS=1)");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
 
 /// The GGUF's dequantized weights through our decoder vs transformers' own GGUF path (scripts/golden/smollm2.py):
 /// the chat prompt's loss (HF's mean over the T - 1 shifted predictions) and the last position's logits.
@@ -349,7 +335,7 @@ fn smollm2_path() -> Option<PathBuf> {
 /// scale. Bounds 10x that: 3e-5 and 4e-5.
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let Some(path) = smollm2_path() else { return };
+    let Some(path) = common::smollm2_gguf() else { return };
     let gguf = ferrotune_models::gguf::load(&path, &LoadOptions::default()).unwrap();
     let model = LlamaModel::from_weights(gguf.config, gguf.weights).unwrap();
     let (golden, _) = common::load_golden("smollm2_forward");

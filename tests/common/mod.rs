@@ -69,3 +69,28 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64, r
 pub fn as_dtype(t: &Tensor, dtype: DType) -> Tensor {
     t.to_dtype(dtype).unwrap()
 }
+
+/// What a test that needs a downloaded model or dataset does when it is missing: skip with `msg` (a line on
+/// stderr), or fail when FERROTUNE_REQUIRE_MODELS=1 (CI sets it, so CI cannot skip the real-model checks).
+pub fn skip_or_fail(msg: &str) {
+    if std::env::var("FERROTUNE_REQUIRE_MODELS").as_deref() == Ok("1") {
+        panic!("{msg} (FERROTUNE_REQUIRE_MODELS=1)");
+    }
+    eprintln!("skipping: {msg}");
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF: FERROTUNE_SMOLLM2_GGUF, else `.cache/models/` where
+/// scripts/fetch-smollm2.sh puts it; `None` when absent (see [`skip_or_fail`]).
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    let path = std::env::var_os("FERROTUNE_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if path.is_file() {
+        return Some(path);
+    }
+    skip_or_fail(&format!(
+        "SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh (or set FERROTUNE_SMOLLM2_GGUF)",
+        path.display()
+    ));
+    None
+}
