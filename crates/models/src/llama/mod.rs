@@ -67,6 +67,35 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: Var,
 }
 
+/// A layer's seven projections under their module names relative to the layer, in HF's `named_modules()`
+/// order: the one list parameter naming, LoRA attachment and the optimizer walk.
+fn projections<'a>(a: &'a Attention, m: &'a Mlp) -> [(&'static str, &'a Linear); 7] {
+    [
+        ("self_attn.q_proj", &a.q_proj),
+        ("self_attn.k_proj", &a.k_proj),
+        ("self_attn.v_proj", &a.v_proj),
+        ("self_attn.o_proj", &a.o_proj),
+        ("mlp.gate_proj", &m.gate_proj),
+        ("mlp.up_proj", &m.up_proj),
+        ("mlp.down_proj", &m.down_proj),
+    ]
+}
+
+/// [`projections`], mutable. Takes the two halves rather than the layer so callers can still borrow its norms.
+fn projections_mut<'a>(a: &'a mut Attention, m: &'a mut Mlp) -> [(&'static str, &'a mut Linear); 7] {
+    let Attention { q_proj, k_proj, v_proj, o_proj } = a;
+    let Mlp { gate_proj, up_proj, down_proj } = m;
+    [
+        ("self_attn.q_proj", q_proj),
+        ("self_attn.k_proj", k_proj),
+        ("self_attn.v_proj", v_proj),
+        ("self_attn.o_proj", o_proj),
+        ("mlp.gate_proj", gate_proj),
+        ("mlp.up_proj", up_proj),
+        ("mlp.down_proj", down_proj),
+    ]
+}
+
 /// Per-batch inputs of [`DecoderLayer::forward`], from [`LlamaModel::layer_context`].
 #[derive(Debug, Clone)]
 pub struct LayerContext {
@@ -292,18 +321,7 @@ impl LlamaModel {
     fn collect_parameters(&self, with_lora: bool) -> Vec<(String, Var)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
         for (i, layer) in self.layers.iter().enumerate() {
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            let linears = [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ];
-            for (name, lin) in linears {
+            for (name, lin) in projections(&layer.self_attn, &layer.mlp) {
                 out.push((format!("model.layers.{i}.{name}.weight"), lin.weight.clone()));
                 if let Some(b) = &lin.bias {
                     out.push((format!("model.layers.{i}.{name}.bias"), b.clone()));
@@ -343,22 +361,8 @@ impl LlamaModel {
     fn collect_parameters_mut(&mut self, with_lora: bool) -> Vec<(String, &mut Var)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), &mut self.embed_tokens)];
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let DecoderLayer {
-                self_attn: Attention { q_proj, k_proj, v_proj, o_proj },
-                mlp: Mlp { gate_proj, up_proj, down_proj },
-                input_layernorm,
-                post_attention_layernorm,
-            } = layer;
-            let linears = [
-                ("self_attn.q_proj", q_proj),
-                ("self_attn.k_proj", k_proj),
-                ("self_attn.v_proj", v_proj),
-                ("self_attn.o_proj", o_proj),
-                ("mlp.gate_proj", gate_proj),
-                ("mlp.up_proj", up_proj),
-                ("mlp.down_proj", down_proj),
-            ];
-            for (name, lin) in linears {
+            let DecoderLayer { self_attn, mlp, input_layernorm, post_attention_layernorm } = layer;
+            for (name, lin) in projections_mut(self_attn, mlp) {
                 let Linear { weight, bias, lora } = lin;
                 out.push((format!("model.layers.{i}.{name}.weight"), weight));
                 if let Some(b) = bias.as_mut() {
@@ -491,16 +495,7 @@ impl LlamaModel {
     pub fn linears(&self) -> Vec<(String, &Linear)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let (a, m) = (&layer.self_attn, &layer.mlp);
-            for (name, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
+            for (name, lin) in projections(&layer.self_attn, &layer.mlp) {
                 out.push((format!("model.layers.{i}.{name}"), lin));
             }
         }
@@ -511,17 +506,7 @@ impl LlamaModel {
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let Attention { q_proj, k_proj, v_proj, o_proj } = &mut layer.self_attn;
-            let Mlp { gate_proj, up_proj, down_proj } = &mut layer.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", q_proj),
-                ("self_attn.k_proj", k_proj),
-                ("self_attn.v_proj", v_proj),
-                ("self_attn.o_proj", o_proj),
-                ("mlp.gate_proj", gate_proj),
-                ("mlp.up_proj", up_proj),
-                ("mlp.down_proj", down_proj),
-            ] {
+            for (name, lin) in projections_mut(&mut layer.self_attn, &mut layer.mlp) {
                 out.push((format!("model.layers.{i}.{name}"), lin));
             }
         }
