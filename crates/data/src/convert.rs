@@ -225,40 +225,43 @@ fn warn(msg: &str) {
     eprintln!("[ferrotune-data] warning: {msg}");
 }
 
+/// The role a message's role string names under the dataset's tags; later tags win on duplicates, as the
+/// later keys of LLaMA-Factory's tag dict do.
+fn role_of(attr: &DatasetAttr, r: &str) -> Option<Role> {
+    [
+        (&attr.user_tag, Role::User),
+        (&attr.assistant_tag, Role::Assistant),
+        (&attr.observation_tag, Role::Observation),
+        (&attr.function_tag, Role::Function),
+        (&attr.system_tag, Role::System),
+    ]
+    .iter()
+    .rev()
+    .find(|(t, _)| t.as_deref() == Some(r))
+    .map(|(_, role)| *role)
+}
+
+/// The conversation's messages and its system prompt: a leading message with the system tag is the prompt
+/// (and is dropped from the messages), else the `system` column, as both LLaMA-Factory converters do.
+fn split_system<'a>(attr: &DatasetAttr, record: &'a Map<String, Value>, tags: &Tags) -> Result<(&'a [Value], String)> {
+    let messages = messages_field(attr, record)?;
+    if attr.system_tag.is_some() && !messages.is_empty() {
+        let (r, c) = message_parts(&messages[0], tags, 0)?;
+        if attr.system_tag.as_deref() == Some(r) {
+            return Ok((&messages[1..], c.to_string()));
+        }
+    }
+    Ok((messages, string_field(record, &attr.system, "system")?))
+}
+
 fn convert_sharegpt(attr: &DatasetAttr, record: &Map<String, Value>) -> Result<Example> {
     let tags = Tags {
         role: tag(&attr.role_tag, "role_tag")?,
         content: tag(&attr.content_tag, "content_tag")?,
     };
-    let map_role = |r: &str| -> Option<Role> {
-        [
-            (&attr.user_tag, Role::User),
-            (&attr.assistant_tag, Role::Assistant),
-            (&attr.observation_tag, Role::Observation),
-            (&attr.function_tag, Role::Function),
-            (&attr.system_tag, Role::System),
-        ]
-        .iter()
-        .rev() // later keys of the Python dict win on duplicate tags
-        .find(|(t, _)| t.as_deref() == Some(r))
-        .map(|(_, role)| *role)
-    };
+    let map_role = |r: &str| role_of(attr, r);
     let is = |t: &Option<String>, r: &str| t.as_deref() == Some(r);
-    let mut messages = messages_field(attr, record)?;
-    let mut system = String::new();
-    let mut skip_first = false;
-    if attr.system_tag.is_some() && !messages.is_empty() {
-        let (r, c) = message_parts(&messages[0], &tags, 0)?;
-        if is(&attr.system_tag, r) {
-            system = c.to_string();
-            skip_first = true;
-        }
-    }
-    if skip_first {
-        messages = &messages[1..];
-    } else {
-        system = string_field(record, &attr.system, "system")?;
-    }
+    let (messages, system) = split_system(attr, record, &tags)?;
     let mut aligned = Vec::new();
     let mut broken = false;
     for (i, m) in messages.iter().enumerate() {
@@ -356,35 +359,9 @@ fn convert_openai(attr: &DatasetAttr, record: &Map<String, Value>) -> Result<Exa
         role: tag(&attr.role_tag, "role_tag")?,
         content: tag(&attr.content_tag, "content_tag")?,
     };
-    let map_role = |r: &str| -> Option<Role> {
-        [
-            (&attr.user_tag, Role::User),
-            (&attr.assistant_tag, Role::Assistant),
-            (&attr.observation_tag, Role::Observation),
-            (&attr.function_tag, Role::Function),
-            (&attr.system_tag, Role::System),
-        ]
-        .iter()
-        .rev()
-        .find(|(t, _)| t.as_deref() == Some(r))
-        .map(|(_, role)| *role)
-    };
+    let map_role = |r: &str| role_of(attr, r);
     let is = |t: &Option<String>, r: &str| t.as_deref() == Some(r);
-    let mut messages = messages_field(attr, record)?;
-    let mut system = String::new();
-    let mut skip_first = false;
-    if attr.system_tag.is_some() && !messages.is_empty() {
-        let (r, c) = message_parts(&messages[0], &tags, 0)?;
-        if is(&attr.system_tag, r) {
-            system = c.to_string();
-            skip_first = true;
-        }
-    }
-    if skip_first {
-        messages = &messages[1..];
-    } else {
-        system = string_field(record, &attr.system, "system")?;
-    }
+    let (messages, mut system) = split_system(attr, record, &tags)?;
     let mut aligned = Vec::new();
     let mut tool_responses: Vec<String> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
