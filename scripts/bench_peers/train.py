@@ -51,7 +51,7 @@ def run_one(args, method, checkpointing):
         "output_dir": out_dir,
         "overwrite_output_dir": "true",
         "logging_steps": 1,
-        "save_strategy": "no",
+        "save_strategy": "\"no\"",  # quoted: YAML 1.1 reads a bare no as false
         "report_to": "none",
         "per_device_train_batch_size": 4,
         "gradient_accumulation_steps": 1,
