@@ -257,3 +257,20 @@ fn every_template_and_option_matches_llamafactory_token_for_token() {
         failures.join("\n")
     );
 }
+
+/// `Template::ollama_modelfile` against LLaMA-Factory's own `get_ollama_modelfile` for every template in
+/// tests/golden/ollama_modelfile.json (scripts/golden/ollama_modelfile.py), byte for byte: the file
+/// `ferrotune export` writes next to the model for `ollama create`.
+#[test]
+fn ollama_modelfiles_match_llamafactory() {
+    let Some(base) = smollm2_tokenizer() else { return };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ollama_modelfile.json");
+    let golden: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for (name, expected) in golden.as_object().unwrap() {
+        let mut tok = base.clone();
+        let options = DataOptions { template: Some(name.clone()), ..DataOptions::default() };
+        let template = ferrotune_data::get_template_and_fix_tokenizer(&mut tok, &options).unwrap();
+        let got = template.ollama_modelfile(&tok).unwrap();
+        assert_eq!(got, expected.as_str().unwrap(), "template {name}");
+    }
+}
