@@ -2,7 +2,9 @@
 
 mod bench;
 mod env;
+mod export_cmd;
 mod model_cmd;
+mod model_source;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,12 @@ enum Command {
     Model(model_cmd::ModelCommand),
     /// Fine-tune a model as `llamafactory-cli train` does: a YAML/JSON config plus `key=value` overrides.
     Train {
+        /// The config file (`.yaml`, `.yml`, `.json`) and/or `key=value` overrides and `--key value` flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Merge adapters and write an HF folder (+ Ollama Modelfile) as `llamafactory-cli export` does.
+    Export {
         /// The config file (`.yaml`, `.yml`, `.json`) and/or `key=value` overrides and `--key value` flags.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
@@ -70,6 +78,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Train { args } => train_cmd::run(&args),
+        Command::Export { args } => export_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

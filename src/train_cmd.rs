@@ -7,14 +7,13 @@
 
 use ferrotune_args::{FinetuningType, IntervalStrategy, SaveStrategy, Stage, TrainArgs};
 use ferrotune_data::{make_batches, DataOptions, Encoded, MixStrategy, ValSize};
-use ferrotune_models::hub::HubOptions;
 use ferrotune_models::llama::LlamaModel;
 use ferrotune_models::{load_model, LoadOptions, WeightDType};
 use ferrotune_train::adapters::{self, AdapterMode, FreezeSettings, LoraSettings};
 use ferrotune_train::data::{BatchSource, MicroBatch};
 use ferrotune_train::trainer::{self, Method, Precision, TrainerCallback, TrainerOptions};
 use ferrotune_train::{OptimizerKind, ScheduleKind, ScheduleKwargs, Trainer};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Encoded data from ferrotune-data as the trainer's batch source: `per_device_*_batch_size` items per packed
@@ -167,11 +166,7 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
     // Model and tokenizer.
     let Some(name) = a.model.model_name_or_path.clone() else { ferrotune_models::bail!("model_name_or_path is required") };
     let t0 = Instant::now();
-    let mut hub = HubOptions::from_env();
-    if let Some(c) = &a.model.cache_dir {
-        hub.cache_dir = Some(PathBuf::from(c));
-    }
-    let loaded = load_model(&name, &LoadOptions { dtype: WeightDType::F32 }, &hub)?;
+    let loaded = load_model(&name, &LoadOptions { dtype: WeightDType::F32 }, &crate::model_source::hub_options(&a.model))?;
     let Some(mut tokenizer) = loaded.tokenizer.clone() else {
         ferrotune_models::bail!("{}: no tokenizer (tokenizer.json) next to the model", loaded.source.display())
     };
@@ -191,30 +186,28 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
 
     // What trains.
     let mut method = method_of(a)?;
-    let adapters_given: Vec<String> = a.model.adapter_name_or_path.as_ref().map(|l| l.0.clone()).unwrap_or_default();
-    let folder = a.model.adapter_folder.clone();
-    let adapter_path = |p: &str| -> PathBuf { folder.as_ref().map_or_else(|| PathBuf::from(p), |f| Path::new(f).join(p)) };
+    let adapters_given = crate::model_source::adapter_dirs(&a.model);
     match (&mut method, adapters_given.split_last()) {
         (Method::Lora(settings), Some((last, earlier))) if t.do_train => {
             // LLaMA-Factory: merge all but the last adapter, resume training the last (or merge all and start a
             // new one with create_new_adapter).
             model.set_trainable(|_| false);
             for p in earlier {
-                adapters::load_adapter(&mut model, &adapter_path(p), AdapterMode::Merge)?;
+                adapters::load_adapter(&mut model, p, AdapterMode::Merge)?;
             }
             if a.finetuning.create_new_adapter {
-                adapters::load_adapter(&mut model, &adapter_path(last), AdapterMode::Merge)?;
+                adapters::load_adapter(&mut model, last, AdapterMode::Merge)?;
                 trainer::prepare_model(&mut model, &method, precision)?;
             } else {
-                let loaded = adapters::load_adapter(&mut model, &adapter_path(last), AdapterMode::Trainable)?;
+                let loaded = adapters::load_adapter(&mut model, last, AdapterMode::Trainable)?;
                 *settings = LoraSettings { seed: settings.seed, dropout: settings.dropout, ..loaded };
                 trainer::apply_precision(&mut model, precision)?;
             }
         }
         (_, Some(_)) if t.do_train => ferrotune_models::bail!("Adapter is only valid for the LoRA method."),
-        (_, adapters_list) => {
-            for p in adapters_list.map(|(l, e)| e.iter().chain(std::iter::once(l)).cloned().collect::<Vec<_>>()).unwrap_or_default() {
-                adapters::load_adapter(&mut model, &adapter_path(&p), AdapterMode::Merge)?;
+        _ => {
+            for p in &adapters_given {
+                adapters::load_adapter(&mut model, p, AdapterMode::Merge)?;
             }
             trainer::prepare_model(&mut model, &method, precision)?;
         }

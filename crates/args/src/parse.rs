@@ -82,6 +82,12 @@ fn parse_flags(
                     "`{tok}`: arguments are written --key value"
                 )));
             }
+            if let Some((key, _)) = tok.split_once('=').filter(|(k, _)| lookup(k).is_some()) {
+                // llamafactory-cli reads key=value overrides only after a config file, as here.
+                return Err(ArgsError::Usage(format!(
+                    "`{tok}`: key=value overrides follow a config file (cfg.yaml {tok}); without one write --{key} value"
+                )));
+            }
             // A stray positional: argparse leaves it unused; report it as an unknown argument.
             out.push((tok.clone(), Value::Null));
             continue;

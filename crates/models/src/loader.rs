@@ -131,6 +131,19 @@ pub fn save_hf_folder(
     tokenizer: Option<&ModelTokenizer>,
     generation_config: Option<&Value>,
 ) -> Result<()> {
+    save_hf_folder_sharded(dir, config, weights, tokenizer, generation_config, DEFAULT_MAX_SHARD_BYTES)
+}
+
+/// [`save_hf_folder`] with shards of at most `max_shard_bytes` (transformers' `max_shard_size`; LLaMA-Factory's
+/// `export_size` GB is `export_size * 10^9` bytes).
+pub fn save_hf_folder_sharded(
+    dir: &Path,
+    config: &ModelConfig,
+    weights: &WeightMap,
+    tokenizer: Option<&ModelTokenizer>,
+    generation_config: Option<&Value>,
+    max_shard_bytes: u64,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tensors: Vec<(&str, &Tensor)> =
         weights.iter().filter(|(name, _)| !(config.tie_word_embeddings && *name == "lm_head.weight")).collect();
@@ -148,7 +161,7 @@ pub fn save_hf_folder(
     }
     write_json(&dir.join("config.json"), &config_json)?;
 
-    safetensors::save_hf_weights(dir, &tensors, DEFAULT_MAX_SHARD_BYTES)?;
+    safetensors::save_hf_weights(dir, &tensors, max_shard_bytes)?;
 
     if let Some(tok) = tokenizer {
         tok.save_to_folder(dir)?;
