@@ -35,8 +35,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let host = env_or("API_HOST", "127.0.0.1");
     let port: u16 = env_or("API_PORT", "8000").parse().map_err(|_| "API_PORT must be a port number (0-65535)".to_string())?;
-    let max_batch = env_count("MAX_CONCURRENT", 8)?;
-    let max_queue = env_count("API_MAX_QUEUE", 64)?;
+    let max_batch = env_count("MAX_CONCURRENT", 8, 1)?;
+    let max_queue = env_count("API_MAX_QUEUE", 64, 0)?;
     let api_key = std::env::var("API_KEY").ok().filter(|k| !k.is_empty());
     let model_name = env_or("API_MODEL_NAME", "gpt-3.5-turbo");
 
@@ -62,9 +62,9 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
 }
 
-fn env_count(name: &str, default: usize) -> Result<usize, String> {
+fn env_count(name: &str, default: usize, min: usize) -> Result<usize, String> {
     match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().ok().filter(|&n| n >= 1).ok_or_else(|| format!("{name} must be a whole number >= 1, got {v:?}")),
+        Ok(v) if !v.is_empty() => v.parse().ok().filter(|&n| n >= min).ok_or_else(|| format!("{name} must be a whole number >= {min}, got {v:?}")),
         _ => Ok(default),
     }
 }
