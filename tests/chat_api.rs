@@ -461,3 +461,44 @@ fn template_arguments_reach_the_prompt() {
     .json();
     assert!(with_request_system["usage"]["prompt_tokens"].as_u64().unwrap() > prompt.len() as u64);
 }
+
+#[test]
+fn chat_merges_a_lora_adapter_as_peft_does() {
+    use ferrotune_autograd::Var;
+    use ferrotune_models::{load_model, LoadOptions};
+    use ferrotune_train::adapters::{self, AdapterMode, LoraSettings};
+    let base = tiny_model();
+    let load = || {
+        let loaded = load_model(base.to_str().unwrap(), &LoadOptions::default(), &Default::default()).unwrap();
+        (LlamaModel::from_weights(loaded.config, loaded.weights).unwrap(), loaded.tokenizer.unwrap())
+    };
+    // An adapter whose lora_B is non-zero (a fresh one is zero and would change nothing).
+    let (mut model, _) = load();
+    let settings = LoraSettings { rank: 4, alpha: Some(16.0), target: vec!["all".into()], ..LoraSettings::default() };
+    adapters::setup_lora(&mut model, &settings).unwrap();
+    for (i, (_, linear)) in model.linears_mut().into_iter().enumerate() {
+        let lora = linear.lora.as_mut().unwrap();
+        let shape = lora.b.shape().to_vec();
+        let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|j| (((i * 7919 + j * 104729) % 1000) as f32 / 1000.0 - 0.5) * 0.8).collect();
+        lora.b = Var::constant(ferrotune_tensor::Tensor::from_vec(values, &shape).unwrap());
+    }
+    let adapter_dir = scratch("adapter");
+    adapters::save_adapter(&adapter_dir, &model, &settings, &base.display().to_string()).unwrap();
+
+    // The reference: PEFT's merge_and_unload through the training model, then the Generator.
+    let (mut merged, mut tokenizer) = load();
+    adapters::load_adapter(&mut merged, &adapter_dir, AdapterMode::Merge).unwrap();
+    let engine = InferenceModel::from_llama(&merged, WeightFormat::F32).unwrap();
+    let template = get_template_and_fix_tokenizer(&mut tokenizer, &DataOptions::default()).unwrap();
+    let (prompt, _) = template.encode_oneturn(&tokenizer, &[Message::new(Role::User, "hello there"), Message::new(Role::Assistant, "")], "", "").unwrap();
+    let config = GenerationConfig { max_new_tokens: 6, eos_token_ids: tokenizer.eos_token_id().into_iter().collect(), ..GenerationConfig::default() };
+    let mut cache = engine.new_cache(64).unwrap();
+    let (want, _) = Generator::new(&engine, Some(&tokenizer)).generate(&mut cache, &prompt, &config, &mut |_| {}).unwrap();
+    let (base_answer, _, _) = reference_answer(base, &[(Role::User, "hello there")], 6);
+    assert_ne!(want.text, base_answer, "the adapter must change the answer for this check to mean anything");
+
+    let cfg = config_file("chat-adapter", base, &format!("adapter_name_or_path: {}\ndo_sample: false\nmax_new_tokens: 6\n", adapter_dir.display()));
+    let (stdout, stderr, ok) = chat(&cfg, "hello there\n");
+    assert!(ok, "{stderr}");
+    assert_eq!(answers(&stdout), vec![want.text]);
+}
