@@ -295,9 +295,10 @@ impl Api {
         }
         let mut choices = Vec::new();
         let mut completion_tokens = 0;
+        let mut last_check = Instant::now();
         for (index, ticket) in tickets.iter().enumerate() {
             let generation = loop {
-                match next_update(ticket, &|| conn.client_gone()) {
+                match next_update(ticket, &|| conn.client_gone(), &mut last_check) {
                     Waited::Text(_) => continue,
                     Waited::Done(g) => break g,
                     Waited::Failed(message) => {
@@ -342,8 +343,9 @@ impl Api {
             self.engine.cancel(ticket.id);
             return;
         }
+        let mut last_check = Instant::now();
         let outcome = loop {
-            let update = next_update(&ticket, &|| events.client_gone());
+            let update = next_update(&ticket, &|| events.client_gone(), &mut last_check);
             match update {
                 Waited::Text(text) => {
                     if events.data(&chunk(json!({"content": text}), None)).is_err() {
@@ -386,18 +388,22 @@ enum Waited {
     ClientGone,
 }
 
-/// The next update of `ticket`; `gone` is asked whenever nothing came for a while (is the client still there?).
-fn next_update(ticket: &Ticket, gone: &dyn Fn() -> bool) -> Waited {
+/// The next update of `ticket`. Every [`CLIENT_CHECK`] (also while text keeps coming: a whole-answer request
+/// writes nothing until the end) `gone` is asked whether the client is still there; `last_check` carries
+/// when it was last asked.
+fn next_update(ticket: &Ticket, gone: &dyn Fn() -> bool, last_check: &mut Instant) -> Waited {
     loop {
+        if last_check.elapsed() >= CLIENT_CHECK {
+            *last_check = Instant::now();
+            if gone() {
+                return Waited::ClientGone;
+            }
+        }
         match ticket.updates.recv_timeout(CLIENT_CHECK) {
             Ok(Update::Text(text)) => return Waited::Text(text),
             Ok(Update::Done(generation)) => return Waited::Done(generation),
             Ok(Update::Failed(message)) => return Waited::Failed(message),
-            Err(RecvTimeoutError::Timeout) => {
-                if gone() {
-                    return Waited::ClientGone;
-                }
-            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Waited::Failed("the generation engine stopped; restart the server".into()),
         }
     }

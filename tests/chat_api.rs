@@ -45,7 +45,16 @@ fn tiny_model() -> &'static Path {
         // A wide init so the random logits are far apart: greedy picks are stable across kernels.
         let model = LlamaModel::random(config.clone(), &RandomInit { seed: 7, initializer_range: 0.5, ..RandomInit::default() }).unwrap();
         let mut weights = WeightMap::new("tiny");
-        for (name, tensor) in model.named_tensors() {
+        for (name, mut tensor) in model.named_tensors() {
+            if name == "model.embed_tokens.weight" {
+                // A zero row for eos (tied, so also its lm_head row): its logit is always 0 while the largest
+                // random logit is positive, so greedy answers never stop early and run as long as asked.
+                let eos = tokenizer.eos_token_id().unwrap() as usize;
+                let shape = tensor.shape().to_vec();
+                let mut values = tensor.to_vec::<f32>().unwrap();
+                values[eos * shape[1]..(eos + 1) * shape[1]].fill(0.0);
+                tensor = ferrotune_tensor::Tensor::from_vec(values, &shape).unwrap();
+            }
             weights.insert(name, tensor).unwrap();
         }
         save_hf_folder(&dir, &config, &weights, Some(&tokenizer), None).unwrap();
@@ -377,22 +386,39 @@ fn api_queue_is_bounded_and_a_client_that_leaves_is_cancelled() {
     let server = start_api(&config_file("api-busy", model, ""), &[("MAX_CONCURRENT", "1"), ("API_MAX_QUEUE", "0")]);
     let port = server.port;
     let quick = json!({"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
-    // Long enough (the whole 2048-position context) that it is still running while we check.
-    let (first, _) = open_stream(port, 2000);
-    let busy = post(port, "/v1/chat/completions", &quick);
-    assert_error(&busy, 429, "busy");
-    // The client leaves mid-stream: its sequence is cancelled and the slot frees long before 2000 tokens.
-    drop(first);
-    let start = Instant::now();
-    loop {
-        let r = post(port, "/v1/chat/completions", &quick);
-        if r.status == 200 {
-            break;
+    // The slot frees within `limit` only if the abandoned request was cancelled: run to the end, its 2000
+    // tokens (the tiny model never picks eos greedily) take several times longer than that.
+    let slot_frees_within = |limit: Duration| {
+        let start = Instant::now();
+        loop {
+            let r = post(port, "/v1/chat/completions", &quick);
+            if r.status == 200 {
+                return;
+            }
+            assert_eq!(r.status, 429);
+            assert!(start.elapsed() < limit, "the abandoned request still holds the slot after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(r.status, 429);
-        assert!(start.elapsed() < Duration::from_secs(20), "the abandoned request still holds the slot");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    let full = Instant::now();
+    let r = post(port, "/v1/chat/completions", &json!({"model": "x", "temperature": 0, "max_tokens": 2000, "messages": [{"role": "user", "content": "tell me a long story"}]}));
+    assert_eq!(r.json()["usage"]["completion_tokens"], 2000);
+    let full = full.elapsed();
+
+    // Streaming: the client leaves after the first tokens.
+    let (first, _) = open_stream(port, 2000);
+    assert_error(&post(port, "/v1/chat/completions", &quick), 429, "busy");
+    drop(first);
+    slot_frees_within(full / 3);
+
+    // Whole answer: the client leaves while waiting.
+    let body = json!({"model": "x", "temperature": 0, "max_tokens": 2000, "messages": [{"role": "user", "content": "tell me a long story"}]}).to_string();
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(waiting, "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_error(&post(port, "/v1/chat/completions", &quick), 429, "busy");
+    drop(waiting);
+    slot_frees_within(full / 3);
 }
 
 #[test]
