@@ -286,6 +286,16 @@ fn api_answers_like_the_generator_whole_and_streamed() {
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], completion_tokens);
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
 
+    // A stop string cuts the answer before its first match: finish_reason stop.
+    let chars: Vec<char> = want.chars().collect();
+    assert!(chars.len() >= 6, "{want:?}");
+    let stop: String = chars[3..5].iter().collect();
+    let mut stopped = body.clone();
+    stopped["stop"] = json!([stop]);
+    let v = post(port, "/v1/chat/completions", &stopped).json();
+    assert_eq!(v["choices"][0]["message"]["content"], &want[..want.find(&stop).unwrap()]);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
     // max_tokens caps the answer: finish_reason length.
     let mut short = body.clone();
     short["max_tokens"] = json!(2);
