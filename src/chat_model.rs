@@ -237,7 +237,7 @@ pub fn check_turns(messages: &[Message]) -> Result<()> {
             bail!("message {i} has role {}, expected {want}: turns must go user, assistant, user, ...", m.role.as_str());
         }
     }
-    if messages.len() % 2 == 0 {
+    if messages.len().is_multiple_of(2) {
         bail!("the last message is the assistant's; the conversation must end with a user message");
     }
     Ok(())
