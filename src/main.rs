@@ -1,8 +1,13 @@
 //! `ferrotune`: the command line at the top of the stack (see docs/ARCHITECTURE.md).
 
+mod api;
 mod bench;
+mod chat_cmd;
+mod chat_model;
+mod engine_thread;
 mod env;
 mod export_cmd;
+mod http;
 mod model_cmd;
 mod model_source;
 mod train_cmd;
@@ -39,6 +44,18 @@ enum Command {
     /// Merge adapters and write an HF folder (+ Ollama Modelfile) as `llamafactory-cli export` does.
     Export {
         /// The config file (`.yaml`, `.yml`, `.json`) and/or `key=value` overrides and `--key value` flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Chat with a model in the terminal as `llamafactory-cli chat` does (also reads piped lines).
+    Chat {
+        /// The config file and/or `key=value` overrides (model_name_or_path, adapter_name_or_path, template, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Serve an OpenAI-compatible API as `llamafactory-cli api` does (API_HOST, API_PORT, API_KEY).
+    Api {
+        /// The config file and/or `key=value` overrides.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
@@ -79,6 +96,8 @@ fn main() -> ExitCode {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Train { args } => train_cmd::run(&args),
         Command::Export { args } => export_cmd::run(&args),
+        Command::Chat { args } => chat_cmd::run(&args),
+        Command::Api { args } => api::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
