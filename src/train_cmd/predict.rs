@@ -28,9 +28,6 @@ pub struct GenerateSettings<'a> {
 /// One prompt's generated ids, in the prompts' order.
 fn generate_all(model: &InferenceModel, tok: &ModelTokenizer, prompts: &[PromptExample], s: &GenerateSettings) -> Result<Vec<Vec<u32>>> {
     let g = s.generating;
-    if g.num_beams > 1 {
-        bail!("num_beams {} (beam search) is not implemented by ferrotune's generator; set num_beams: 1", g.num_beams);
-    }
     // GeneratingArguments.to_dict: max_new_tokens when positive, else max_length (prompt included).
     let max_new = |prompt_len: usize| -> usize {
         if g.max_new_tokens > 0 {
