@@ -188,7 +188,7 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
     println!(
         "dataset: {} train items, {} eval items (template {}) in {:.1} s",
         data.train.len(),
-        data.eval.as_ref().map_or(0, Encoded::len),
+        data.eval.as_ref().map_or(0, Encoded::len) + data.eval_prompts.as_ref().map_or(0, Vec::len),
         a.data.template.as_deref().unwrap_or("from the tokenizer"),
         t1.elapsed().as_secs_f64()
     );

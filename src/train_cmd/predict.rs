@@ -53,7 +53,9 @@ fn generate_all(model: &InferenceModel, tok: &ModelTokenizer, prompts: &[PromptE
             model.max_positions()
         );
     }
-    let mut engine = BatchEngine::new(model, Some(tok), s.batch_size.max(1), max_len)?;
+    // No tokenizer: without stop strings the engine needs no text, and the ids are decoded whole afterwards (as
+    // batch_decode does), not streamed.
+    let mut engine = BatchEngine::new(model, None, s.batch_size.max(1), max_len)?;
     let mut ids = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let config = GenerationConfig {
