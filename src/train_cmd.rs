@@ -3,7 +3,10 @@
 //! Arguments (ferrotune-args) -> model and tokenizer (ferrotune-models `load_model`) -> dataset, template,
 //! encoding and packing (ferrotune-data) -> LoRA / freeze / full setup, training loop, checkpoints and
 //! artifacts (ferrotune-train, which writes trainer_log.jsonl, trainer_state.json, *_results.json and the loss
-//! plots through ferrotune-args' logging module).
+//! plots through ferrotune-args' logging module) -> `do_eval` / `do_predict` with `predict_with_generate`
+//! (generation on ferrotune-infer, BLEU / ROUGE, `generated_predictions.jsonl`: [`predict`]).
+
+mod predict;
 
 use ferrotune_args::{FinetuningType, IntervalStrategy, SaveStrategy, Stage, TrainArgs};
 use ferrotune_data::{make_batches, DataOptions, Encoded, MixStrategy, ValSize};
@@ -116,6 +119,7 @@ fn data_options(a: &TrainArgs) -> ferrotune_models::Result<DataOptions> {
         enable_thinking: d.enable_thinking,
         preserve_thinking: d.preserve_thinking,
         tool_format: d.tool_format.clone(),
+        predict_with_generate: a.training.predict_with_generate && a.finetuning.stage == Stage::Sft,
     })
 }
 
@@ -179,7 +183,7 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
     println!(
         "dataset: {} train items, {} eval items (template {}) in {:.1} s",
         data.train.len(),
-        data.eval.as_ref().map_or(0, Encoded::len),
+        data.eval.as_ref().map_or(0, Encoded::len) + data.eval_prompts.as_ref().map_or(0, Vec::len),
         a.data.template.as_deref().unwrap_or("from the tokenizer"),
         t1.elapsed().as_secs_f64()
     );
@@ -281,28 +285,67 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
     let mut tr = Trainer::new(model, opts, method, name.clone())?;
     tr.tokenizer = Some(tokenizer);
 
-    if !t.do_train {
+    let generate_settings = predict::GenerateSettings {
+        generating: &a.generating,
+        template: &data.template,
+        batch_size: t.per_device_eval_batch_size.max(1) as usize,
+        seed: t.seed as u64,
+    };
+    let prompts = data.eval_prompts.as_deref().unwrap_or_default();
+    if !t.do_train && !t.do_predict && data.eval_prompts.is_none() {
         let Some(eval) = &eval_src else { ferrotune_models::bail!("nothing to do: do_train is false and there is no eval set") };
         let loss = tr.evaluate(eval)?;
         println!("eval_loss = {loss:.4}  perplexity = {:.4}", ferrotune_args::logging::perplexity(loss));
         return Ok(());
     }
-    let mut cb = PrintLogs { start: Instant::now(), max_steps: 0 };
-    let eval_for_train: Option<&dyn BatchSource> = if t.do_eval || eval_steps > 0.0 { eval_src.as_ref().map(|e| e as &dyn BatchSource) } else { None };
-    let out = tr.train(&train_src, eval_for_train, &mut cb)?;
-    println!("{}", ferrotune_args::logging::format_metrics("train", &out.metrics));
-    if let Some(l) = out.eval_loss {
-        println!("***** eval metrics *****\n  eval_loss = {l:.4}\n  perplexity = {:.4}", ferrotune_args::logging::perplexity(l));
+    if t.do_train {
+        if data.eval_prompts.is_some() && eval_steps > 0.0 {
+            ferrotune_models::bail!(
+                "eval_strategy {} with predict_with_generate: evaluating with generation during training is not implemented; \
+                 set eval_strategy: no (do_eval / do_predict still generate after training)",
+                t.eval_strategy.as_str()
+            );
+        }
+        let mut cb = PrintLogs { start: Instant::now(), max_steps: 0 };
+        let eval_for_train: Option<&dyn BatchSource> = if t.do_eval || eval_steps > 0.0 { eval_src.as_ref().map(|e| e as &dyn BatchSource) } else { None };
+        let out = tr.train(&train_src, eval_for_train, &mut cb)?;
+        println!("{}", ferrotune_args::logging::format_metrics("train", &out.metrics));
+        if let Some(l) = out.eval_loss {
+            println!("***** eval metrics *****\n  eval_loss = {l:.4}\n  perplexity = {:.4}", ferrotune_args::logging::perplexity(l));
+        }
+        let tps = out.tokens as f64 / out.runtime_secs.max(1e-9);
+        let rss = crate::model_cmd::peak_rss_bytes().map_or("unknown".to_string(), |b| format!("{:.0} MB", b as f64 / 1e6));
+        println!(
+            "trained {} steps on {} tokens in {:.1} s: {:.1} tokens/s (real tokens, no padding); peak RSS {rss}; saved to {}",
+            out.global_step,
+            out.tokens,
+            out.runtime_secs,
+            tps,
+            out_dir.display()
+        );
     }
-    let tps = out.tokens as f64 / out.runtime_secs.max(1e-9);
-    let rss = crate::model_cmd::peak_rss_bytes().map_or("unknown".to_string(), |b| format!("{:.0} MB", b as f64 / 1e6));
-    println!(
-        "trained {} steps on {} tokens in {:.1} s: {:.1} tokens/s (real tokens, no padding); peak RSS {rss}; saved to {}",
-        out.global_step,
-        out.tokens,
-        out.runtime_secs,
-        tps,
-        out_dir.display()
-    );
+    if data.eval_prompts.is_none() || !(t.do_eval || t.do_predict) {
+        return Ok(());
+    }
+    // Generation (do_eval / do_predict with predict_with_generate) on the model as it is now: trained in memory,
+    // or loaded with its adapters merged. LoRA branches are merged in (the adapter is already saved).
+    let t2 = Instant::now();
+    tr.model.merge_lora()?;
+    let format = if matches!(precision, Precision::Bf16 | Precision::PureBf16) { ferrotune_infer::WeightFormat::BF16 } else { ferrotune_infer::WeightFormat::F32 };
+    let infer = ferrotune_infer::InferenceModel::from_llama(&tr.model, format)?;
+    // HF reports the preparation of a model that training did not prepare, once, with the first evaluation.
+    let mut preparation = (!t.do_train).then(|| t2.elapsed().as_secs_f64());
+    let Some(tokenizer) = tr.tokenizer.as_ref() else { ferrotune_models::bail!("no tokenizer to decode generations with") };
+    std::fs::create_dir_all(&out_dir).map_err(|e| ferrotune_models::Error::msg(format!("{}: {e}", out_dir.display())))?;
+    for (split, run) in [("eval", t.do_eval), ("predict", t.do_predict)] {
+        if !run {
+            continue;
+        }
+        let dir = (split == "predict").then_some(out_dir.as_path());
+        let metrics = predict::generate_and_score(&infer, tokenizer, prompts, &generate_settings, split, preparation.take(), dir)?;
+        println!("{}", ferrotune_args::logging::format_metrics(split, &metrics));
+        ferrotune_args::logging::save_metrics(&out_dir, split, &metrics, true)
+            .map_err(|e| ferrotune_models::Error::msg(format!("{}: cannot write {split}_results.json: {e}", out_dir.display())))?;
+    }
     Ok(())
 }

@@ -153,7 +153,13 @@ fn every_template_and_option_matches_llamafactory_token_for_token() {
             _ => Stage::Sft,
         };
         let mut tok = base_tok.clone();
-        let opts = options(case, &dir);
+        let mut opts = options(case, &dir);
+        // predict_with_generate's eval set: the datasets as eval_dataset, prompts + response labels.
+        let generate = case["stage"].as_str() == Some("sft_generate");
+        if generate {
+            opts.eval_dataset = std::mem::take(&mut opts.dataset);
+            opts.predict_with_generate = true;
+        }
         let module = match load_dataset(&mut tok, &opts, stage) {
             Ok(m) => m,
             Err(e) => {
@@ -173,6 +179,12 @@ fn every_template_and_option_matches_llamafactory_token_for_token() {
         );
         let expected = case["rows"].as_array().unwrap();
         let got: Vec<(Vec<u32>, Vec<i64>, Option<Vec<u32>>)> = match &module.train {
+            _ if generate => module
+                .eval_prompts
+                .iter()
+                .flatten()
+                .map(|p| (p.input_ids.clone(), p.labels.iter().map(|&l| i64::from(l)).collect(), None))
+                .collect(),
             Encoded::Examples(e) => e
                 .iter()
                 .map(|x| (x.input_ids.clone(), x.labels.clone(), None))
@@ -204,7 +216,10 @@ fn every_template_and_option_matches_llamafactory_token_for_token() {
         }
         for (i, (row, (g_ids, g_labels, g_pos))) in expected.iter().zip(&got).enumerate() {
             let e_ids = ids(&row["ids"]);
-            let e_labels = expected_labels(row);
+            let e_labels = match row.get("label_ids") {
+                Some(l) => ids(l).into_iter().map(i64::from).collect(),
+                None => expected_labels(row),
+            };
             if &e_ids != g_ids {
                 let at = first_difference(&e_ids, g_ids);
                 failures.push(format!(

@@ -15,7 +15,8 @@ by LLaMA-Factory's converter and concatenated (`mix_strategy: concat`).
 
 Output: tests/golden/data_llamafactory.json. Per case: the DataOptions fields the test copies, and per output row
 `ids` (input ids) and `mask` (one char per token: '-' label is IGNORE_INDEX, '=' label equals the input id, 'x' the
-label is the next entry of `other`), plus position ids / sequence lengths for packed rows.
+label is the next entry of `other`), plus position ids / sequence lengths for packed rows; `sft_generate` rows (the
+unsupervised processor of predict_with_generate) give `ids` and `label_ids` (the response, not aligned with ids).
 """
 
 import argparse
@@ -55,9 +56,9 @@ def import_llamafactory(lf_root):
         sys.modules["peft.utils"].WEIGHTS_NAME = "adapter_model.bin"
     from llamafactory.data import converter, template
     from llamafactory.data.parser import DatasetAttr
-    from llamafactory.data.processor import pairwise, pretrain, supervised
+    from llamafactory.data.processor import pairwise, pretrain, supervised, unsupervised
 
-    return template, converter, supervised, pretrain, pairwise, DatasetAttr
+    return template, converter, supervised, pretrain, pairwise, unsupervised, DatasetAttr
 
 
 def read_records(path):
@@ -173,7 +174,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "tests/golden/data_llamafactory.json"))
     args = ap.parse_args()
 
-    template_mod, converter_mod, supervised_mod, pretrain_mod, pairwise_mod, DatasetAttr = import_llamafactory(args.lf)
+    template_mod, converter_mod, supervised_mod, pretrain_mod, pairwise_mod, unsupervised_mod, DatasetAttr = import_llamafactory(args.lf)
     from transformers import AutoTokenizer
 
     with open(os.path.join(args.data, "dataset_info.json")) as f:
@@ -246,13 +247,18 @@ def main():
             for i in range(len(out["chosen_input_ids"])):
                 rows.append({"input_ids": out["chosen_input_ids"][i], "labels": out["chosen_labels"][i]})
                 rows.append({"input_ids": out["rejected_input_ids"][i], "labels": out["rejected_labels"][i]})
+        elif stage == "sft_generate":  # predict_with_generate's eval set: prompt ids, response ids (not aligned)
+            proc = unsupervised_mod.UnsupervisedDatasetProcessor(tmpl, tok, None, da)
+            out = proc.preprocess_dataset(examples)
+            rows = [{"input_ids": out["input_ids"][i], "label_ids": out["labels"][i]} for i in range(len(out["input_ids"]))]
         else:
             cls = supervised_mod.PackedSupervisedDatasetProcessor if da.packing else supervised_mod.SupervisedDatasetProcessor
             proc = cls(tmpl, tok, None, da)
             out = proc.preprocess_dataset(examples)
             rows = [{k: out[k][i] for k in out if k in ("input_ids", "labels", "position_ids", "attention_mask")} for i in range(len(out["input_ids"]))]
         case = {"name": name, "stage": stage, "dataset": datasets, "max_samples": max_samples,
-                "eos_token": tok.eos_token, "pad_token": tok.pad_token, "vocab_size": len(tok), "rows": encode_rows(rows)}
+                "eos_token": tok.eos_token, "pad_token": tok.pad_token, "vocab_size": len(tok),
+                "rows": [{"ids": r["input_ids"], "label_ids": r["label_ids"]} for r in rows] if stage == "sft_generate" else encode_rows(rows)}
         case.update({k: v for k, v in opts.items()})
         cases.append(case)
 
@@ -273,6 +279,10 @@ def main():
     for t in ["smollm2", "qwen3", "llama3", "gemma2", "alpaca", "mistral"]:
         run(f"rm/{t}", "rm", ["dpo_en_demo"], 3, template=t, cutoff_len=256)
         run(f"rm/{t}/cutoff48", "rm", ["dpo_en_demo"], 2, template=t, cutoff_len=48)
+    for t in ["smollm2", "qwen3", "llama3", "gemma2", "alpaca", "mistral"]:
+        run(f"generate/{t}", "sft_generate", ["alpaca_en_demo", "extra_sharegpt", "extra_history"], 2, template=t, cutoff_len=256)
+    run("generate/smollm2/cutoff40", "sft_generate", ["extra_sharegpt", "extra_history"], 1, template="smollm2", cutoff_len=40)
+    run("generate/qwen3/no_thinking", "sft_generate", ["extra_sharegpt"], 2, template="qwen3", cutoff_len=256, enable_thinking=False)
     run("pt/c4", "pt", ["c4_demo"], 3, template="smollm2", cutoff_len=128)
     run("pt/wiki_llama3", "pt", ["wiki_demo"], 2, template="llama3", cutoff_len=200)
     run("pt/c4_nopacking", "pt", ["c4_demo"], 3, template="smollm2", cutoff_len=64, packing=False)

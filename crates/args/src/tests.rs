@@ -559,8 +559,12 @@ fn cross_argument_rules_use_llamafactory_reasons() {
             "Please enable `predict_with_generate` to save model predictions.",
         ),
         (
-            "predict_with_generate: true\ncompute_accuracy: true\nval_size: 0.1\n",
+            "predict_with_generate: true\ncompute_accuracy: true\neval_dataset: b\n",
             "Cannot use `predict_with_generate` and `compute_accuracy` together.",
+        ),
+        (
+            "predict_with_generate: true\nval_size: 0.1\n",
+            "Cannot use `predict_with_generate` if `eval_dataset` is None.",
         ),
         (
             "finetuning_type: full\nadapter_name_or_path: x\n",

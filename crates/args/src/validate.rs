@@ -405,6 +405,9 @@ pub(crate) fn train(
     {
         return fail("Please make sure eval_dataset be provided or val_size >1e-6");
     }
+    if t.predict_with_generate && d.eval_dataset.is_none() {
+        return fail("Cannot use `predict_with_generate` if `eval_dataset` is None.");
+    }
     if t.predict_with_generate && f.compute_accuracy {
         return fail("Cannot use `predict_with_generate` and `compute_accuracy` together.");
     }

@@ -2,7 +2,7 @@
 //! validation set (`val_size`), and the whole pipeline up to tokenized examples ([`load_dataset`]).
 
 use crate::convert::{convert, Example};
-use crate::encode::{self, EncodedExample, PackedRow, PairedExample, SupervisedConfig};
+use crate::encode::{self, EncodedExample, PackedRow, PairedExample, PromptExample, SupervisedConfig};
 use crate::info::{dataset_list, read_records, DatasetAttr};
 use crate::options::{DataOptions, MixStrategy, Stage, ValSize};
 use crate::template::{get_template_and_fix_tokenizer, Template};
@@ -223,6 +223,9 @@ pub struct DatasetModule {
     pub template: Template,
     pub train: Encoded,
     pub eval: Option<Encoded>,
+    /// sft with `predict_with_generate`: the eval split as prompts with their responses as labels (`eval` is
+    /// then `None`).
+    pub eval_prompts: Option<Vec<PromptExample>>,
     /// Set when this run tokenized the data and saved it to `tokenized_path`: LLaMA-Factory then tells the
     /// user to launch again with `tokenized_path` and exits; the caller decides.
     pub saved_tokenized_path: Option<std::path::PathBuf>,
@@ -300,6 +303,20 @@ pub fn encode_examples(
     }
 }
 
+/// Prompts to generate from (the unsupervised processor; examples without an odd number of prompt messages are
+/// dropped with a warning, as LLaMA-Factory drops them).
+pub fn encode_prompts(tok: &ModelTokenizer, template: &Template, examples: &[Example], cutoff_len: usize) -> Result<Vec<PromptExample>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for (i, ex) in examples.iter().enumerate() {
+        if !encode::is_valid_unsupervised(ex) {
+            eprintln!("[ferrotune-data] warning: dropped invalid example {i} ({} prompt messages)", ex.prompt.len());
+            continue;
+        }
+        out.push(encode::encode_unsupervised(tok, template, ex, cutoff_len).with_context(|| format!("example {i}"))?);
+    }
+    Ok(out)
+}
+
 /// The whole data pipeline (`get_dataset`): fix the tokenizer for the template, read `dataset` (and
 /// `eval_dataset`), merge, split off `val_size`, tokenize. `tok` is modified as LLaMA-Factory modifies it
 /// (eos / pad / stop words), so the model must use the same tokenizer afterwards.
@@ -315,12 +332,16 @@ pub fn load_dataset(
     {
         // As LLaMA-Factory: data on disk wins and the other data arguments are ignored.
         eprintln!("[ferrotune-data] warning: loading the tokenized dataset from {}; other data arguments are ignored", dir.display());
+        if options.predict_with_generate {
+            bail!("predict_with_generate does not read tokenized_path data yet: leave out tokenized_path for generation runs");
+        }
         let template = get_template_and_fix_tokenizer(tok, options)?;
         let (train, eval) = crate::cache::load(dir)?;
         return Ok(DatasetModule {
             template,
             train,
             eval,
+            eval_prompts: None,
             saved_tokenized_path: None,
         });
     }
@@ -364,11 +385,17 @@ pub fn load_dataset(
         (t, e) => (t.unwrap_or_default(), e),
     };
     let train = encode_examples(tok, &template, &train, options, stage)?;
-    let eval = eval
-        .map(|e| encode_examples(tok, &template, &e, options, stage))
-        .transpose()?;
+    let (eval, eval_prompts) = match eval {
+        Some(e) if options.predict_with_generate && stage == Stage::Sft => {
+            (None, Some(encode_prompts(tok, &template, &e, options.effective_cutoff_len())?))
+        }
+        e => (e.map(|e| encode_examples(tok, &template, &e, options, stage)).transpose()?, None),
+    };
     let mut saved_tokenized_path = None;
     if let Some(dir) = &options.tokenized_path {
+        if eval_prompts.is_some() {
+            bail!("predict_with_generate does not save tokenized_path data yet: leave out tokenized_path for generation runs");
+        }
         crate::cache::save(dir, &train, eval.as_ref())?;
         saved_tokenized_path = Some(dir.clone());
     }
@@ -376,6 +403,7 @@ pub fn load_dataset(
         template,
         train,
         eval,
+        eval_prompts,
         saved_tokenized_path,
     })
 }

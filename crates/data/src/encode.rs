@@ -170,6 +170,50 @@ pub fn encode_supervised(
     Ok(EncodedExample { input_ids, labels })
 }
 
+/// A prompt to generate from (`predict_with_generate`): the prompt's ids, and the response's ids as the label
+/// the generation is scored against (not aligned with `input_ids`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptExample {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<u32>,
+}
+
+/// Whether the unsupervised processor keeps `ex` (`len(_prompt) % 2 == 1`; any number of responses).
+pub fn is_valid_unsupervised(ex: &Example) -> bool {
+    ex.prompt.len() % 2 == 1
+}
+
+/// `UnsupervisedDatasetProcessor._encode_data_example`: the prompt with an empty assistant turn (or the one
+/// response) through `encode_oneturn`; the response ids (+ eos for `efficient_eos` templates) are the label;
+/// both truncated by `infer_seqlen`. The example must be valid ([`is_valid_unsupervised`]).
+pub fn encode_unsupervised(
+    tok: &ModelTokenizer,
+    template: &Template,
+    ex: &Example,
+    cutoff_len: usize,
+) -> Result<PromptExample> {
+    if !is_valid_unsupervised(ex) {
+        bail!("invalid example for generation: {} prompt messages (an odd number is needed)", ex.prompt.len());
+    }
+    let mut messages = ex.prompt.clone();
+    match ex.response.as_slice() {
+        [one] => messages.push(one.clone()),
+        _ => messages.push(crate::convert::Message::new(crate::convert::Role::Assistant, "")),
+    }
+    let (input_ids, mut labels) = template.encode_oneturn(tok, &messages, &ex.system, &ex.tools)?;
+    if template.efficient_eos {
+        let Some(eos) = tok.eos_token_id() else {
+            bail!("template {} needs an eos token and the tokenizer has none", template.name)
+        };
+        labels.push(eos);
+    }
+    let (source_len, target_len) = infer_seqlen(input_ids.len(), labels.len(), cutoff_len);
+    labels.truncate(target_len);
+    let mut input_ids = input_ids;
+    input_ids.truncate(source_len);
+    Ok(PromptExample { input_ids, labels })
+}
+
 /// A preference pair (`rm` / `dpo` data): the same prompt with the chosen and with the rejected response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairedExample {

@@ -29,7 +29,7 @@ pub mod tools;
 pub use batch::{make_batches, PackedBatch};
 pub use convert::{Example, Message, Role};
 pub use dataset::{load_dataset, DatasetModule, Encoded};
-pub use encode::{EncodedExample, PackedRow, PairedExample, IGNORE_INDEX};
+pub use encode::{EncodedExample, PackedRow, PairedExample, PromptExample, IGNORE_INDEX};
 pub use ferrotune_models::{bail, Context, Error, Result};
 pub use info::{DatasetAttr, Formatting};
 pub use options::{DataOptions, MixStrategy, Stage, ValSize};

@@ -105,6 +105,9 @@ pub struct DataOptions {
     pub preserve_thinking: bool,
     /// Overrides the template's tool format (`default`, `qwen`).
     pub tool_format: Option<String>,
+    /// sft `predict_with_generate`: the eval split becomes prompts to generate from (LLaMA-Factory's
+    /// unsupervised processor), in [`crate::DatasetModule::eval_prompts`] instead of `eval`.
+    pub predict_with_generate: bool,
 }
 
 impl Default for DataOptions {
@@ -130,6 +133,7 @@ impl Default for DataOptions {
             enable_thinking: Some(true),
             preserve_thinking: false,
             tool_format: None,
+            predict_with_generate: false,
         }
     }
 }

@@ -4,10 +4,12 @@
 //! - [`optim`]: AdamW, Adafactor, SGD over the trainable leaves (f32 state), global gradient clipping.
 //! - [`schedule`]: HF's ten `lr_scheduler_type` schedules with warmup.
 //! - [`data`]: micro-batches (packed rows) and the [`data::BatchSource`] the loop reads.
+//! - [`metrics`]: predict_with_generate's BLEU-4 / ROUGE scores as LLaMA-Factory computes them.
 //! - [`trainer`]: the loop (gradient accumulation with HF's token normalisation, activation checkpointing,
 //!   NEFTune, evaluation, logging, atomic checkpoints, exact resume).
 
 pub mod adapters;
+pub mod metrics;
 pub mod data;
 pub mod optim;
 pub mod schedule;
