@@ -1,7 +1,12 @@
 //! `ferrotune`: the command line at the top of the stack (see docs/ARCHITECTURE.md).
 
+mod api;
 mod bench;
+mod chat_cmd;
+mod chat_model;
+mod engine_thread;
 mod env;
+mod http;
 mod model_cmd;
 mod train_cmd;
 
@@ -31,6 +36,18 @@ enum Command {
     /// Fine-tune a model as `llamafactory-cli train` does: a YAML/JSON config plus `key=value` overrides.
     Train {
         /// The config file (`.yaml`, `.yml`, `.json`) and/or `key=value` overrides and `--key value` flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Chat with a model in the terminal as `llamafactory-cli chat` does (also reads piped lines).
+    Chat {
+        /// The config file and/or `key=value` overrides (model_name_or_path, adapter_name_or_path, template, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Serve an OpenAI-compatible API as `llamafactory-cli api` does (API_HOST, API_PORT, API_KEY).
+    Api {
+        /// The config file and/or `key=value` overrides.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
@@ -70,6 +87,8 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Train { args } => train_cmd::run(&args),
+        Command::Chat { args } => chat_cmd::run(&args),
+        Command::Api { args } => api::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,7 +52,7 @@ pub static SUPPORT: &[(&str, Support)] = &[
     ("offload_folder", NoOp("ferrotune does not offload weights to disk (they are memory-mapped)")),
     ("use_kv_cache", Supported),
     ("use_v1_kernels", NoOp("LLaMA-Factory v1 kernels are PyTorch kernels; ferrotune uses its own")),
-    ("infer_dtype", Supported),
+    ("infer_dtype", Values(&["auto", "bfloat16", "float32"], "the inference engine holds weights in f32, bf16 or a GGUF's Q8_0 / Q4_1 blocks, not float16; use bfloat16, float32 or auto (auto keeps what the file stores)")),
     ("hf_hub_token", Supported),
     ("ms_hub_token", NoOp("ModelScope is not supported (models come from the Hugging Face Hub or local paths)")),
     ("om_hub_token", NoOp("Modelers is not supported (models come from the Hugging Face Hub or local paths)")),
@@ -391,11 +391,11 @@ pub static SUPPORT: &[(&str, Support)] = &[
     ("temperature", Supported),
     ("top_p", Supported),
     ("top_k", Supported),
-    ("num_beams", Supported),
+    ("num_beams", Values(&["1"], "beam search is not implemented; ferrotune decodes greedily or by sampling (num_beams: 1)")),
     ("max_length", Supported),
     ("max_new_tokens", Supported),
     ("repetition_penalty", Supported),
-    ("length_penalty", Supported),
+    ("length_penalty", NoOp("only beam search reads it, and ferrotune does not implement beam search")),
     ("skip_special_tokens", Supported),
 ];
 
