@@ -253,6 +253,14 @@ function setValue(f, v) {
   } else f.el.value = v === null || v === undefined ? "" : String(v);
 }
 
+// A loaded selection whose options had not arrived yet: applied once they have, then forgotten (the user's
+// own choices since are kept by fillOptions).
+function applyPending(f) {
+  if (!f.pending) return;
+  for (const o of f.el.options) o.selected = f.pending.includes(o.value);
+  f.pending = null;
+}
+
 function getValue(f) {
   if (f.type === "check") return f.el.checked;
   if (f.type === "multi") return Array.from(f.el.selectedOptions).map((o) => o.value);
@@ -438,7 +446,7 @@ async function refreshDatasets() {
     const r = await api("POST", "/api/datasets", { dataset_dir: val("dataset_dir") });
     const pairwise = !["sft", "pt"].includes(val("stage"));
     fillOptions(f, r.datasets.filter((d) => d.ranking === pairwise).map((d) => [d.name, d.name]));
-    if (f.pending) setValue(f, f.pending);
+    applyPending(f);
   } catch (e) {
     fillOptions(f, []);
     say(`${t("msg_no_datasets")} ${e.message}`);
@@ -452,7 +460,7 @@ async function refreshCheckpoints() {
   try {
     const r = await api("POST", "/api/checkpoints", { model_name: modelName, finetuning_type: val("finetuning_type") });
     fillOptions(f, r.checkpoints.map((c) => [c, c]));
-    if (f.pending) setValue(f, f.pending.filter((p) => r.checkpoints.includes(p)));
+    applyPending(f);
   } catch (e) {
     say(`${t("msg_error")} ${e.message}`);
   }
