@@ -202,3 +202,27 @@ fn start_watch_abort_and_resume_a_tiny_lora_run() {
     assert!(log.contains(&format!("resuming from saves/tiny/lora/long/checkpoint-{stopped_at}")), "{st}");
     assert!(log.contains(&format!("[{}/320 ", stopped_at + 1)), "the resumed run continues at the next step: {st}");
 }
+
+#[test]
+fn chat_loads_streams_and_unloads() {
+    let s = start_server("chat");
+    let ask = json!({ "messages": [{ "role": "user", "content": "hi" }], "max_new_tokens": 8, "temperature": 0 });
+    let (status, body) = post(&s, "/api/chat", &ask);
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("load a model first"), "{body}");
+    let load = json!({ "args": [["model_name_or_path", repo("tests/fixtures/models/tiny_chat")], ["template", "default"], ["finetuning_type", "lora"], ["adapter_name_or_path", ""]] });
+    let (status, r) = post(&s, "/api/chat/load", &load);
+    assert_eq!(status, 200, "{r}");
+    assert!(r["summary"].as_str().unwrap().contains("template default"), "{r}");
+    // A streamed answer: `data: {"text": ...}` events, then `data: {"done": reason}`.
+    let (status, stream) = request(&s, "POST", "/api/chat", Some("application/json"), &ask.to_string());
+    assert_eq!(status, 200);
+    let events: Vec<Value> = stream.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(|e| serde_json::from_str(e).unwrap()).collect();
+    let last = events.last().expect("events");
+    assert!(last["done"] == "stop" || last["done"] == "length", "{stream}");
+    assert!(events[..events.len() - 1].iter().all(|e| e["text"].is_string()), "{stream}");
+    let bad = json!({ "messages": [{ "role": "assistant", "content": "hi" }] });
+    assert_eq!(post(&s, "/api/chat", &bad).0, 400);
+    assert_eq!(post(&s, "/api/chat/unload", &json!({})).0, 200);
+    assert_eq!(post(&s, "/api/chat/unload", &json!({})).0, 400);
+}

@@ -127,6 +127,14 @@ const RUN_FIELDS = [
   { id: "config_path", type: "text", def: () => `${stamp()}.yaml` },
 ];
 
+const CHAT_FIELDS = [
+  { id: "system_prompt", type: "text", def: "", wide: true },
+  { id: "max_new_tokens", type: "number", def: 512, min: 8, max: 8192 },
+  { id: "top_p", type: "number", def: 0.7, min: 0.01, max: 1, step: 0.01 },
+  { id: "temperature", type: "number", def: 0.95, min: 0, max: 1.5, step: 0.01 },
+  { id: "query", type: "text", def: "", wide: true },
+];
+
 let INFO = { templates: [], support: {} };
 let LANG = "en";
 const ALL_FIELDS = [];
@@ -343,6 +351,13 @@ function buildForm() {
     d.append(row);
     form.append(d);
   }
+  const chatRow = document.createElement("div");
+  chatRow.className = "row";
+  for (const f of CHAT_FIELDS) {
+    f.ui = true; // not part of a training run's saved form
+    chatRow.append(makeField(f));
+  }
+  $("#chat-fields").append(chatRow);
   const run = $("#run-fields");
   const row = document.createElement("div");
   row.className = "row";
@@ -355,9 +370,23 @@ function buildForm() {
   }
 }
 
+// The model, adapters and template the top bar names (shared by training and chat).
+function modelArgs() {
+  const args = [];
+  const ft = val("finetuning_type");
+  const ckpts = val("checkpoint_path");
+  const root = `saves/${val("model_name") === "Custom" ? "custom" : val("model_name")}/${ft}`;
+  args.push(["model_name_or_path", ft !== "lora" && ckpts.length ? `${root}/${ckpts[0]}` : val("model_path").trim()]);
+  if (ft === "lora" && ckpts.length) args.push(["adapter_name_or_path", ckpts.map((c) => `${root}/${c}`).join(",")]);
+  args.push(["template", val("template")]);
+  if (val("rope_scaling") !== "none") args.push(["rope_scaling", val("rope_scaling")]);
+  args.push(["finetuning_type", ft]);
+  return args;
+}
+
 // ---- arguments (LLaMA-Factory names) from the form
 function collectArgs() {
-  const args = [];
+  const args = modelArgs().filter(([k]) => k !== "finetuning_type");
   const put = (k, v) => args.push([k, v]);
   const num = (id) => {
     const raw = String(val(id)).trim();
@@ -366,12 +395,6 @@ function collectArgs() {
     return x;
   };
   const ft = val("finetuning_type");
-  const ckpts = val("checkpoint_path");
-  const root = `saves/${val("model_name") === "Custom" ? "custom" : val("model_name")}/${ft}`;
-  put("model_name_or_path", ft !== "lora" && ckpts.length ? `${root}/${ckpts[0]}` : val("model_path").trim());
-  if (ft === "lora" && ckpts.length) put("adapter_name_or_path", ckpts.map((c) => `${root}/${c}`).join(","));
-  put("template", val("template"));
-  if (val("rope_scaling") !== "none") put("rope_scaling", val("rope_scaling"));
   const booster = val("booster");
   if (booster === "flashattn2") put("flash_attn", "fa2");
   if (booster === "unsloth") put("use_unsloth", true);
@@ -641,6 +664,101 @@ async function previewDataset(delta) {
   }
 }
 
+// ---- chat tab
+let chatHistory = [];
+function renderChat(pending) {
+  const log = $("#chat-log");
+  log.innerHTML = "";
+  for (const m of pending ? chatHistory.concat([pending]) : chatHistory) {
+    const d = document.createElement("div");
+    d.className = `msg ${m.role}`;
+    d.textContent = m.content;
+    log.append(d);
+  }
+  log.dataset.turns = String(chatHistory.length);
+  log.scrollTop = log.scrollHeight;
+}
+
+async function chatLoad() {
+  $("#chat-info").textContent = t("msg_loading");
+  $("#btn-chat-load").disabled = true;
+  try {
+    const r = await api("POST", "/api/chat/load", { args: modelArgs() });
+    $("#chat-info").textContent = r.summary;
+    $("#chat-box").hidden = false;
+    $("#btn-chat-unload").disabled = false;
+  } catch (e) {
+    $("#chat-info").textContent = `${t("msg_error")} ${e.message}`;
+    $("#btn-chat-load").disabled = false;
+  }
+}
+
+async function chatUnload() {
+  try {
+    await api("POST", "/api/chat/unload", {});
+    $("#chat-info").textContent = t("msg_unloaded");
+  } catch (e) {
+    $("#chat-info").textContent = `${t("msg_error")} ${e.message}`;
+  }
+  $("#chat-box").hidden = true;
+  $("#btn-chat-unload").disabled = true;
+  $("#btn-chat-load").disabled = false;
+}
+
+// Sends the conversation, streams the answer in (server-sent events over a POST), keeps it in the history.
+async function chatSubmit() {
+  const query = val("query").trim();
+  if (!query) return;
+  const button = $("#btn-chat-submit");
+  button.disabled = true;
+  chatHistory.push({ role: "user", content: query });
+  const answer = { role: "assistant", content: "" };
+  renderChat(answer);
+  let error = null, finish = null;
+  try {
+    const r = await fetch("/api/chat", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ messages: chatHistory, system: val("system_prompt"), temperature: val("temperature"), top_p: val("top_p"), max_new_tokens: val("max_new_tokens") }),
+    });
+    if (!r.ok) {
+      const body = await r.json().catch(() => ({}));
+      throw new Error((body.error && body.error.message) || `HTTP ${r.status}`);
+    }
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const line = buffer.slice(0, cut).replace(/^data: /, "");
+        buffer = buffer.slice(cut + 2);
+        const ev = JSON.parse(line);
+        if (ev.text) answer.content += ev.text;
+        if (ev.error) error = ev.error;
+        if (ev.done) finish = ev.done;
+        renderChat(answer);
+      }
+    }
+  } catch (e) {
+    error = e.message;
+  }
+  if (error || !finish) {
+    chatHistory.pop(); // the question goes back to the input box; the history stays alternating
+    renderChat();
+    $("#chat-info").textContent = `${t("msg_error")} ${error || "the answer stream ended early"}`;
+  } else {
+    chatHistory.push(answer);
+    setValue(field("query"), "");
+    renderChat();
+    $("#chat-log").dataset.finish = finish;
+  }
+  button.disabled = false;
+}
+
 async function main() {
   try {
     INFO = await api("GET", "/api/info");
@@ -679,6 +797,11 @@ async function main() {
   $("#btn-load").addEventListener("click", loadArgs);
   $("#btn-start").addEventListener("click", start);
   $("#btn-abort").addEventListener("click", abort);
+  $("#btn-chat-load").addEventListener("click", chatLoad);
+  $("#btn-chat-unload").addEventListener("click", chatUnload);
+  $("#btn-chat-submit").addEventListener("click", chatSubmit);
+  field("query").el.addEventListener("keydown", (e) => { if (e.key === "Enter") chatSubmit(); });
+  $("#btn-chat-clear").addEventListener("click", () => { chatHistory = []; renderChat(); });
   for (const b of document.querySelectorAll("#tabs button")) {
     b.addEventListener("click", () => {
       for (const x of document.querySelectorAll("#tabs button")) x.classList.toggle("active", x === b);

@@ -19,7 +19,10 @@
 //! | `POST /api/abort` | stops the run at a step boundary (a checkpoint is saved) |
 //! | `GET /api/status` | progress, loss points (raw + smoothed), log tail |
 //! | `POST /api/save_args` `{config_path, form}` / `POST /api/load_args` `{config_path}` | saved forms |
+//! | `POST /api/chat/load` `{args}` / `POST /api/chat/unload` | the Chat tab's model, in this process |
+//! | `POST /api/chat` `{messages, system, temperature, top_p, max_new_tokens}` | one answer, streamed (SSE) |
 
+mod chat;
 mod form;
 mod runner;
 
@@ -68,6 +71,7 @@ const FORM_KEYS: &[&str] = &[
 struct WebUi {
     workdir: PathBuf,
     runner: Mutex<runner::Runner>,
+    chat: chat::ChatTab,
 }
 
 pub fn run(host: &str, port: u16) -> Result<(), String> {
@@ -84,7 +88,7 @@ pub fn run(host: &str, port: u16) -> Result<(), String> {
     println!("LLaMA Board (ferrotune webui) on http://{addr}/  working directory {}", workdir.display());
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let app = Arc::new(WebUi { workdir, runner: Mutex::new(runner::Runner::default()) });
+    let app = Arc::new(WebUi { workdir, runner: Mutex::new(runner::Runner::default()), chat: chat::ChatTab::default() });
     http::serve(listener, Limits::default(), app).map_err(|e| format!("server stopped: {e}"))
 }
 
@@ -96,12 +100,26 @@ fn asset(content_type: &'static str, body: &str) -> Response {
     Response { status: 200, content_type, headers: vec![("cache-control", "no-cache".into())], body: body.as_bytes().to_vec() }
 }
 
+fn is_json(r: &Request) -> bool {
+    r.header("content-type").is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
 fn str_field<'a>(body: &'a Json, key: &str) -> &'a str {
     body.get(key).and_then(Json::as_str).unwrap_or("")
 }
 
 impl Handler for WebUi {
     fn handle(&self, request: Request, conn: &mut Conn) {
+        // The one streamed answer: everything else is a whole JSON response.
+        if request.method == "POST" && request.path == "/api/chat" && is_json(&request) {
+            match serde_json::from_slice::<Json>(&request.body) {
+                Ok(body) => self.chat.answer(&body, conn),
+                Err(e) => {
+                    let _ = conn.send(&error(400, format!("the body is not valid JSON: {e}")));
+                }
+            }
+            return;
+        }
         let response = self.route(&request);
         let _ = conn.send(&response);
     }
@@ -121,8 +139,7 @@ impl WebUi {
             ("GET", "/api/info") => Response::json(200, &self.info()),
             ("GET", "/api/status") => Response::json(200, &self.lock_runner().status()),
             ("POST", path) if path.starts_with("/api/") => {
-                let is_json = r.header("content-type").is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("application/json"));
-                if !is_json {
+                if !is_json(r) {
                     return error(415, "send the body as JSON with `content-type: application/json`");
                 }
                 let body: Json = match serde_json::from_slice(&r.body) {
@@ -145,6 +162,8 @@ impl WebUi {
                     "/api/abort" => self.lock_runner().abort().map(|m| json!({ "message": m })),
                     "/api/save_args" => self.save_args(&body),
                     "/api/load_args" => self.load_args(&body),
+                    "/api/chat/load" => self.chat.load(&body),
+                    "/api/chat/unload" => self.chat.unload(),
                     _ => return error(404, format!("no route POST {path}")),
                 };
                 match result {

@@ -7,7 +7,7 @@
 // so saves/ and llamaboard_config/ never touch the repository. Steps: load the page, switch to Chinese (and
 // check it is remembered across a reload) and back, fill a LoRA run of the tiny fixture model on data/identity,
 // preview the command, start it, wait for 100% and the loss plot, check a second Start on the finished dir is
-// refused, and look at the tabs that land later.
+// refused, chat with the trained adapter (streamed answer), and look at the tabs that land later.
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, existsSync, rmSync } from "node:fs";
@@ -131,16 +131,33 @@ try {
   await page.waitForFunction(() => document.querySelector("#output-box").textContent.includes("finished run"));
   log("second Start on the finished dir refused");
 
-  // Tabs that land later say so and offer no buttons.
+  // Chat with the result: the adapter just trained, picked in the top bar's checkpoint list.
+  await page.click("#btn-refresh");
+  await page.waitForSelector("#f-checkpoint_path option[value='train_browser']");
+  await page.selectOption("#f-checkpoint_path", ["train_browser"]);
   await page.click("#tab-chat");
-  assert.match(await page.textContent("#pane-chat"), /next release/);
-  assert.equal(await page.$$eval("#pane-chat button", (b) => b.length), 0);
-  await page.screenshot({ path: path.join(shots, "06-chat-tab.png") });
+  await page.click("#btn-chat-load");
+  await page.waitForSelector("#chat-box:not([hidden])", { timeout: 30000 });
+  await page.fill("#f-max_new_tokens", "16");
+  await page.fill("#f-query", "Who are you?");
+  await page.click("#btn-chat-submit");
+  await page.waitForSelector("#chat-log[data-turns='2']", { timeout: 30000 });
+  assert.match(await page.getAttribute("#chat-log", "data-finish"), /^(stop|length)$/);
+  assert.equal(await page.textContent("#chat-log .msg.user"), "Who are you?");
+  await page.screenshot({ path: path.join(shots, "06-chat.png"), fullPage: true });
+  await page.click("#btn-chat-unload");
+  log("chatted with the trained adapter");
+
+  // Tabs that land later say so and offer no buttons.
+  await page.click("#tab-export");
+  assert.match(await page.textContent("#pane-export"), /next release/);
+  assert.equal(await page.$$eval("#pane-export button", (b) => b.length), 0);
   assert.ok(!failed, "no JavaScript errors on the page");
   log(`passed; screenshots in ${shots}`);
 } catch (e) {
   // What the page said, and how it looked, when a step failed.
   console.error("output box:", await page.textContent("#output-box").catch(() => "?"));
+  console.error("chat info:", await page.textContent("#chat-info").catch(() => "?"));
   await page.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }).catch(() => {});
   throw e;
 } finally {
