@@ -25,19 +25,27 @@ impl Drop for Server {
 }
 
 fn start_server(name: &str) -> Server {
+    start_server_with(name, &[]).0
+}
+
+/// The server with extra arguments; also returns its standard error (read after it stops).
+fn start_server_with(name: &str, extra: &[&str]) -> (Server, Option<std::process::ChildStderr>) {
     let workdir = std::env::temp_dir().join(format!("ferrotune-webui-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&workdir);
     std::fs::create_dir_all(&workdir).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
         .args(["webui", "--port", "0"])
+        .args(extra)
         .current_dir(&workdir)
         .stdout(Stdio::piped())
+        .stderr(if extra.is_empty() { Stdio::inherit() } else { Stdio::piped() })
         .spawn()
         .expect("run ferrotune webui");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("no address in {line:?}")).to_string();
-    Server { child, addr, workdir }
+    let stderr = child.stderr.take();
+    (Server { child, addr, workdir }, stderr)
 }
 
 /// One request; (status, body).
@@ -195,8 +203,16 @@ fn start_watch_abort_and_resume_a_tiny_lora_run() {
     let (status, r) = post(&s, "/api/start", &tiny_run("long", 40));
     assert_eq!(status, 200, "{r}");
     assert!(r["message"].as_str().unwrap().contains(&format!("resuming from checkpoint-{stopped_at}")), "{r}");
-    std::thread::sleep(Duration::from_millis(300));
-    post(&s, "/api/abort", &json!({}));
+    let t0 = Instant::now();
+    loop {
+        let (_, st) = get(&s, "/api/status");
+        if st["progress"]["current_steps"].as_u64().unwrap_or(0) > stopped_at {
+            break;
+        }
+        assert!(st["state"] == "running" && t0.elapsed() < Duration::from_secs(60), "the resumed run made no progress: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(post(&s, "/api/abort", &json!({})).0, 200);
     let st = wait_done(&s, Duration::from_secs(60));
     let log = st["log"].as_str().unwrap();
     assert!(log.contains(&format!("resuming from saves/tiny/lora/long/checkpoint-{stopped_at}")), "{st}");
@@ -225,4 +241,13 @@ fn chat_loads_streams_and_unloads() {
     assert_eq!(post(&s, "/api/chat", &bad).0, 400);
     assert_eq!(post(&s, "/api/chat/unload", &json!({})).0, 200);
     assert_eq!(post(&s, "/api/chat/unload", &json!({})).0, 400);
+}
+
+#[test]
+fn binding_beyond_loopback_warns() {
+    let (mut s, stderr) = start_server_with("host", &["--host", "0.0.0.0"]);
+    let _ = s.child.kill();
+    let mut text = String::new();
+    stderr.unwrap().read_to_string(&mut text).unwrap();
+    assert!(text.contains("warning: binding 0.0.0.0") && text.contains("no login"), "{text}");
 }

@@ -55,6 +55,14 @@ try {
   await page.screenshot({ path: path.join(shots, "01-loaded.png"), fullPage: true });
   log("page loaded");
 
+  // Every string of the table in all five languages (label, and help where English has one).
+  const missing = await page.evaluate(() => Object.entries(window.I18N).flatMap(([k, v]) =>
+    window.LANGS.filter((l) => !v[l] || v[l].length !== v.en.length || v[l].some((x) => !x)).map((l) => `${k}.${l}`)));
+  assert.deepEqual(missing, []);
+  // Every control has a help text.
+  const noHelp = await page.$$eval(".field", (fs) => fs.filter((f) => !f.querySelector(".help").textContent.trim()).map((f) => f.dataset.field));
+  assert.deepEqual(noHelp, []);
+
   // Language: relabels live, remembered across a reload, and back to English.
   await page.selectOption("#f-lang", "zh");
   assert.equal(await page.textContent("#btn-start"), "开始");
