@@ -11,6 +11,7 @@ mod http;
 mod model_cmd;
 mod model_source;
 mod train_cmd;
+mod webui;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -59,6 +60,15 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// LLaMA Board: the low-code page (train with a progress bar and live loss curve) at http://127.0.0.1:7860.
+    Webui {
+        /// Address to listen on; anything but loopback prints a warning (the page can start runs and has no login).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on (0 picks a free one and prints it).
+        #[arg(long, default_value_t = 7860)]
+        port: u16,
+    },
 }
 
 /// Let `ferrotune ... | head` end quietly: Rust ignores SIGPIPE by default, which turns a closed pipe into a
@@ -98,6 +108,7 @@ fn main() -> ExitCode {
         Command::Export { args } => export_cmd::run(&args),
         Command::Chat { args } => chat_cmd::run(&args),
         Command::Api { args } => api::run(&args),
+        Command::Webui { host, port } => webui::run(&host, port),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

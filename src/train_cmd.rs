@@ -17,6 +17,7 @@ use ferrotune_train::data::{BatchSource, MicroBatch};
 use ferrotune_train::trainer::{self, Method, Precision, TrainerCallback, TrainerOptions};
 use ferrotune_train::{OptimizerKind, ScheduleKind, ScheduleKwargs, Trainer};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Encoded data from ferrotune-data as the trainer's batch source: `per_device_*_batch_size` items per packed
@@ -61,7 +62,53 @@ struct PrintLogs {
     max_steps: u64,
 }
 
+/// Set by SIGINT / SIGTERM: the run stops after the optimizer step in progress and saves a checkpoint there
+/// (`ferrotune webui`'s Abort sends SIGTERM; Ctrl-C sends SIGINT). A second signal ends the process at once.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(unix)]
+mod stop_signal {
+    use super::STOP_REQUESTED;
+    use std::sync::atomic::Ordering;
+
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+        fn _exit(status: i32) -> !;
+    }
+    const SIGINT: i32 = 2;
+    const SIGTERM: i32 = 15; // the same on Linux and macOS
+
+    extern "C" fn on_signal(signum: i32) {
+        // Only async-signal-safe work here: an atomic swap, and _exit on the second signal.
+        if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
+            // SAFETY: _exit is async-signal-safe and ends the process without running destructors.
+            unsafe { _exit(128 + signum) }
+        }
+    }
+
+    pub fn install() {
+        for signum in [SIGINT, SIGTERM] {
+            // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
+            unsafe {
+                signal(signum, on_signal as extern "C" fn(i32) as usize);
+            }
+        }
+    }
+}
+
 impl TrainerCallback for PrintLogs {
+    fn on_step_end(&mut self, state: &ferrotune_args::logging::TrainerState) -> bool {
+        if STOP_REQUESTED.load(Ordering::SeqCst) {
+            println!("stop requested: saving checkpoint-{} and stopping (a second signal stops at once)", state.global_step);
+            return false;
+        }
+        true
+    }
+
+    fn checkpoint_on_stop(&self) -> bool {
+        true
+    }
+
     fn on_log(&mut self, state: &ferrotune_args::logging::TrainerState, logs: &[(String, ferrotune_args::Value)]) {
         let fields: Vec<String> = logs
             .iter()
@@ -77,6 +124,8 @@ impl TrainerCallback for PrintLogs {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
+    #[cfg(unix)]
+    stop_signal::install();
     let mut a = ferrotune_args::parse_train_args(args).map_err(|e| e.to_string())?;
     for note in &a.notes {
         eprintln!("note: {note}");
@@ -306,9 +355,22 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
                 t.eval_strategy.as_str()
             );
         }
+        if STOP_REQUESTED.load(Ordering::SeqCst) {
+            println!("stop requested before the first step: nothing trained, nothing saved");
+            return Ok(());
+        }
         let mut cb = PrintLogs { start: Instant::now(), max_steps: 0 };
         let eval_for_train: Option<&dyn BatchSource> = if t.do_eval || eval_steps > 0.0 { eval_src.as_ref().map(|e| e as &dyn BatchSource) } else { None };
         let out = tr.train(&train_src, eval_for_train, &mut cb)?;
+        if out.interrupted {
+            println!(
+                "stopped at step {} on request; checkpoint-{} saved in {} (run the same command again to resume from it)",
+                out.global_step,
+                out.global_step,
+                out_dir.display()
+            );
+            return Ok(());
+        }
         println!("{}", ferrotune_args::logging::format_metrics("train", &out.metrics));
         if let Some(l) = out.eval_loss {
             println!("***** eval metrics *****\n  eval_loss = {l:.4}\n  perplexity = {:.4}", ferrotune_args::logging::perplexity(l));

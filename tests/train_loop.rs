@@ -125,11 +125,15 @@ fn freeze_selects_layers_and_modules_as_llamafactory() {
     assert!(e.contains("Module attention is not found") && e.contains("self_attn"), "{e}");
 }
 
-/// Stops the run after `stop_after` optimizer steps, as a kill would (the checkpoint is the only trace).
-struct StopAfter(u64);
+/// Stops the run after `.0` optimizer steps: as a kill would (the checkpoints already saved are the only trace),
+/// or gracefully when `.1` (a checkpoint is saved at the stop, as Ctrl-C / the WebUI's Abort do).
+struct StopAfter(u64, bool);
 impl TrainerCallback for StopAfter {
     fn on_step_end(&mut self, state: &TrainerState) -> bool {
         state.global_step < self.0
+    }
+    fn checkpoint_on_stop(&self) -> bool {
+        self.1
     }
 }
 
@@ -146,7 +150,7 @@ fn resumed_runs_end_bit_identical() {
         ("full", Method::Full, OptimizerKind::Adafactor),
     ];
     for (label, method, optim) in methods {
-        let run = |out: &Path, resume: Option<PathBuf>, stop: Option<u64>| -> Trainer {
+        let run = |out: &Path, resume: Option<PathBuf>, stop: Option<(u64, bool)>| -> Trainer {
             let mut model = fixture("llama_rope_bias");
             trainer::prepare_model(&mut model, &method, Precision::F32).unwrap();
             let opts = TrainerOptions {
@@ -165,7 +169,7 @@ fn resumed_runs_end_bit_identical() {
             let data = ItemSource { items: items(10, true), batch_size: 2, shuffle: true, seed: 42, drop_last: false };
             assert_eq!(data.num_batches(), 5);
             match stop {
-                Some(k) => assert!(t.train(&data, None, &mut StopAfter(k)).unwrap().interrupted),
+                Some((k, graceful)) => assert!(t.train(&data, None, &mut StopAfter(k, graceful)).unwrap().interrupted),
                 None => assert_eq!(t.train(&data, None, &mut NoCallback).unwrap().global_step, 6),
             }
             t
@@ -174,10 +178,12 @@ fn resumed_runs_end_bit_identical() {
         let reference = trainable_values(&run(&full_dir, None, None));
         // save_total_limit 2 keeps the two newest checkpoints.
         assert!(!full_dir.join("checkpoint-2").exists() && full_dir.join("checkpoint-4").is_dir() && full_dir.join("checkpoint-6").is_dir());
-        // Interrupted at step 3 (end of epoch 0, checkpoint 2 is the last saved) and at step 4 (mid epoch 1).
-        for (stop, from) in [(3u64, "checkpoint-2"), (4, "checkpoint-4")] {
-            let dir = tmp(&format!("resume_{label}_{stop}"));
-            run(&dir, None, Some(stop));
+        // Killed at step 3 (end of epoch 0, checkpoint 2 is the last saved) and at step 4 (mid epoch 1); stopped
+        // gracefully at step 3, which saves checkpoint-3 on the way out.
+        for (stop, graceful, from) in [(3u64, false, "checkpoint-2"), (4, false, "checkpoint-4"), (3, true, "checkpoint-3")] {
+            let dir = tmp(&format!("resume_{label}_{stop}_{graceful}"));
+            run(&dir, None, Some((stop, graceful)));
+            assert_eq!(dir.join("checkpoint-3").is_dir(), graceful, "{label}: stop at 3 (graceful: {graceful})");
             let resumed = trainable_values(&run(&dir, Some(dir.join(from)), None));
             assert_eq!(resumed.len(), reference.len());
             for ((n, a), (_, b)) in resumed.iter().zip(&reference) {

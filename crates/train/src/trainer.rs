@@ -301,6 +301,12 @@ pub trait TrainerCallback {
     fn on_step_end(&mut self, _state: &TrainerState) -> bool {
         true
     }
+    /// Whether a run that `on_step_end` stops saves a checkpoint there first (a graceful stop, e.g. on Ctrl-C or
+    /// the WebUI's Abort, that `resume_from_checkpoint` continues exactly). The default, false, keeps only the
+    /// checkpoints already saved, as a kill would.
+    fn checkpoint_on_stop(&self) -> bool {
+        false
+    }
 }
 
 /// A callback that does nothing.
@@ -512,6 +518,9 @@ impl Trainer {
                     break 'epochs;
                 }
                 if !callback.on_step_end(&self.state) {
+                    if callback.checkpoint_on_stop() && !should_save {
+                        self.save_checkpoint(epoch, micro, steps_in_epoch)?;
+                    }
                     interrupted = true;
                     break 'epochs;
                 }
