@@ -130,13 +130,13 @@ impl ModelTokenizer {
     }
 
     /// Text of `ids`; `skip_special_tokens` drops special tokens as transformers' `decode` does. Ids past the
-    /// vocabulary are an error.
+    /// vocabulary decode to nothing, as in transformers 5.6 (`decode([28, 49300, 29])` of SmolLM2's 49152-token
+    /// tokenizer is `",-"`): models often have more embedding rows than tokens (Qwen2.5: 151936 vs 151665), and a
+    /// sampled padding row must not end a generation with an error.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let vocab = self.vocab_size();
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            bail!("cannot decode token id {bad}: the vocabulary has {vocab} tokens");
-        }
-        self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| Error::msg(format!("cannot decode ids: {e}")))
+        let known: Vec<u32> = ids.iter().copied().filter(|&id| (id as usize) < vocab).collect();
+        self.tokenizer.decode(&known, skip_special_tokens).map_err(|e| Error::msg(format!("cannot decode ids: {e}")))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
