@@ -1,0 +1,69 @@
+// Fill, cast, strided copy and row reductions: the data-movement ops of the backend interface
+// (crates/tensor/src/backend.rs: to_dtype, copy_strided, reduce). Grid-stride loops; 64-bit indices.
+#include "device.cuh"
+
+// Up to 6 dims; the backend collapses larger ranks or rejects them.
+struct StridedShape {
+    int64_t dims[6];
+    int64_t strides[6];  // in elements of the source
+    int64_t offset;
+    int rank;
+};
+
+template <typename T>
+FT_DEVICE void fill_impl(T* out, int64_t n, float value) {
+    T v = ft_from_float<T>(value);
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) out[i] = v;
+}
+FT_KERNEL void fill_f32(float* out, int64_t n, float value) { fill_impl(out, n, value); }
+FT_EXPORT(fill_f32)
+FT_KERNEL void fill_bf16(bf16* out, int64_t n, float value) { fill_impl(out, n, value); }
+FT_EXPORT(fill_bf16)
+
+template <typename From, typename To>
+FT_DEVICE void cast_impl(const From* in, To* out, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = ft_from_float<To>(ft_to_float(in[i]));
+}
+FT_KERNEL void cast_f32_bf16(const float* in, bf16* out, int64_t n) { cast_impl(in, out, n); }
+FT_EXPORT(cast_f32_bf16)
+FT_KERNEL void cast_bf16_f32(const bf16* in, float* out, int64_t n) { cast_impl(in, out, n); }
+FT_EXPORT(cast_bf16_f32)
+
+// out[i] = in[offset + sum_d index_d(i) * strides[d]] for the row-major index i of `shape`.
+template <typename T>
+FT_DEVICE void copy_strided_impl(const T* in, T* out, StridedShape s) {
+    int64_t n = 1;
+    for (int d = 0; d < s.rank; ++d) n *= s.dims[d];
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t rest = i, src = s.offset;
+        for (int d = s.rank - 1; d >= 0; --d) {
+            src += (rest % s.dims[d]) * s.strides[d];
+            rest /= s.dims[d];
+        }
+        out[i] = in[src];
+    }
+}
+FT_KERNEL void copy_strided_f32(const float* in, float* out, StridedShape s) { copy_strided_impl(in, out, s); }
+FT_EXPORT(copy_strided_f32)
+FT_KERNEL void copy_strided_bf16(const bf16* in, bf16* out, StridedShape s) { copy_strided_impl(in, out, s); }
+FT_EXPORT(copy_strided_bf16)
+
+// One block per row of a contiguous [rows, cols] matrix: out[row] = sum (op 0) or max (op 1) of the row, in
+// f32. Other reductions are this after a strided copy that moves the reduced dims last.
+template <typename T>
+FT_DEVICE void reduce_rows_impl(const T* in, float* out, int64_t cols, int op) {
+    __shared__ float scratch[32];
+    const T* row = in + blockIdx.x * cols;
+    float acc = op == 0 ? 0.f : -INFINITY;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = ft_to_float(row[c]);
+        acc = op == 0 ? acc + v : fmaxf(acc, v);
+    }
+    acc = op == 0 ? ft_block_sum(acc, scratch) : ft_block_max(acc, scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = acc;
+}
+FT_KERNEL void reduce_rows_f32(const float* in, float* out, int64_t cols, int op) { reduce_rows_impl(in, out, cols, op); }
+FT_EXPORT(reduce_rows_f32)
+FT_KERNEL void reduce_rows_bf16(const bf16* in, float* out, int64_t cols, int op) { reduce_rows_impl(in, out, cols, op); }
+FT_EXPORT(reduce_rows_bf16)
