@@ -41,6 +41,7 @@ template <> FT_DEVICE bf16 ft_from_float<bf16>(float x) { return __float2bfloat1
 
 #else  // host emulation
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
@@ -167,6 +168,8 @@ inline float atomicMax(float* address, float value) {  // helper for reductions;
     return old;
 }
 
+using std::max;
+using std::min;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }

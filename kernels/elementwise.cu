@@ -2,12 +2,12 @@
 // (crates/tensor/src/backend.rs: to_dtype, copy_strided, reduce). Grid-stride loops; 64-bit indices.
 #include "device.cuh"
 
-// Up to 6 dims; the backend collapses larger ranks or rejects them.
+// Exactly 6 dims: the caller pads smaller ranks with leading size-1 dims (a fixed trip count keeps the arrays in
+// registers; a loop bounded by a rank field put them in local memory) and collapses or rejects larger ones.
 struct StridedShape {
     int64_t dims[6];
     int64_t strides[6];  // in elements of the source
     int64_t offset;
-    int rank;
 };
 
 template <typename T>
@@ -34,10 +34,12 @@ FT_EXPORT(cast_bf16_f32)
 template <typename T>
 FT_DEVICE void copy_strided_impl(const T* in, T* out, StridedShape s) {
     int64_t n = 1;
-    for (int d = 0; d < s.rank; ++d) n *= s.dims[d];
+#pragma unroll
+    for (int d = 0; d < 6; ++d) n *= s.dims[d];
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t rest = i, src = s.offset;
-        for (int d = s.rank - 1; d >= 0; --d) {
+#pragma unroll
+        for (int d = 5; d >= 0; --d) {
             src += (rest % s.dims[d]) * s.strides[d];
             rest /= s.dims[d];
         }

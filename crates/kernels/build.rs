@@ -5,7 +5,7 @@
 //! 2. When nvcc is found (`NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on `PATH`): one fatbin per .cu with
 //!    PTX for compute_80 (any newer GPU JIT-compiles it) and cubins for sm_86, sm_89 and sm_90, embedded in the
 //!    crate (`ferrotune_kernels::FATBINS`). ptxas runs with `-v`, and any register spill or stack frame (local
-//!    memory) in any kernel fails the build: every kernel in kernels/ is on the training hot path.
+//!    memory) in a kernel fails the build, except in the few `COLD_KERNELS` that run once per configuration.
 //!    `FERROTUNE_NVCC=0` skips this step even where nvcc exists.
 //!
 //! Without nvcc the build still succeeds: `FATBINS` is empty and the CUDA backend reports that the build has no
@@ -18,6 +18,9 @@ use std::process::Command;
 /// PTX target (forward compatible) and the cubin targets compiled ahead of time.
 const PTX_ARCH: &str = "compute_80";
 const CUBIN_ARCHS: [&str; 3] = ["sm_86", "sm_89", "sm_90"];
+/// Kernels allowed a stack frame: run once per configuration, off the hot path. `rope_table` evaluates cos/sin
+/// in f64, whose argument reduction for large angles (Payne-Hanek) keeps a small array on the stack.
+const COLD_KERNELS: [&str; 1] = ["rope_table"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -88,6 +91,8 @@ fn build_host_harness(kernels_dir: &Path, sources: &[PathBuf], out_dir: &Path) {
         .opt_level(2)
         .warnings(true)
         .flag_if_supported("-Wno-unused-parameter")
+        // `#pragma unroll` is for nvcc.
+        .flag_if_supported("-Wno-unknown-pragmas")
         .compile("ferrotune_kernels_host");
 }
 
@@ -156,6 +161,9 @@ fn spills_and_local_memory(log: &str) -> Vec<String> {
                 part.ends_with(what) && part.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0)
             })
         };
+        if COLD_KERNELS.contains(&function.as_str()) {
+            continue;
+        }
         if nonzero("bytes stack frame") || nonzero("bytes spill stores") || nonzero("bytes spill loads") || nonzero("bytes lmem") {
             offenders.push(format!("  {function}: {}", line.trim()));
         }
