@@ -26,6 +26,9 @@ impl LaunchConfig {
     }
 }
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 pub mod host {
     //! The host emulation harness (kernels/host/emulation.cpp): each block's threads run as fibers that meet at
     //! barriers; blocks of a launch spread over worker threads (`FERROTUNE_EMULATION_THREADS`, default: all
