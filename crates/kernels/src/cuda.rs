@@ -29,6 +29,7 @@ pub fn driver_status() -> Result<usize, String> {
 
 /// The kernel modules loaded on one GPU.
 pub struct CudaKernels {
+    device: sys::CUdevice,
     context: sys::CUcontext,
     modules: Vec<(String, sys::CUmodule)>,
     functions: std::sync::Mutex<HashMap<String, sys::CUfunction>>,
@@ -50,7 +51,7 @@ impl CudaKernels {
         // SAFETY: device comes from the driver; the primary context lives until released (never, here: one per
         // process, as the runtime API does).
         let context = unsafe { result::primary_ctx::retain(device) }.map_err(|e| format!("GPU {ordinal}: retaining its context: {e:?}"))?;
-        let mut kernels = CudaKernels { context, modules: Vec::new(), functions: Default::default() };
+        let mut kernels = CudaKernels { device, context, modules: Vec::new(), functions: Default::default() };
         kernels.make_current()?;
         for (name, fatbin) in FATBINS {
             // cuModuleLoadData wants the image aligned as the fatbin header demands (8 bytes); include_bytes
@@ -62,6 +63,16 @@ impl CudaKernels {
             kernels.modules.push((name.to_string(), module));
         }
         Ok(kernels)
+    }
+
+    /// The GPU's name as the driver reports it ("NVIDIA H200", ...).
+    pub fn device_name(&self) -> String {
+        result::device::get_name(self.device).unwrap_or_else(|e| format!("unknown ({e:?})"))
+    }
+
+    /// Zero-filled device memory of `bytes` bytes.
+    pub fn zeros(&self, bytes: usize) -> Result<DeviceBuffer, String> {
+        self.upload(&vec![0u8; bytes])
     }
 
     fn make_current(&self) -> Result<(), String> {

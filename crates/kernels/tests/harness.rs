@@ -382,6 +382,7 @@ fn adamw_matches_torch_and_grad_norm_clips() {
         bias_correction2_sqrt: f32,
         decay: f32,
         max_grad_norm: f32,
+        stochastic_seed: u32,
     }
     let (lr, wd, b1, b2) = (1e-2f64, 0.01f64, 0.9f64, 0.999f64);
     let hyper = |step: i32| AdamWStep {
@@ -392,6 +393,7 @@ fn adamw_matches_torch_and_grad_norm_clips() {
         bias_correction2_sqrt: (1.0 - b2.powi(step)).sqrt() as f32,
         decay: (1.0 - lr * wd) as f32,
         max_grad_norm: 0.0,
+        stochastic_seed: 0,
     };
     for key in ["mat", "vec"] {
         let mut p = get(&format!("p0.{key}"));
@@ -431,6 +433,18 @@ fn adamw_matches_torch_and_grad_norm_clips() {
     Params::default().buf(&mut p).null().buf(&mut ga).buf(&mut m).buf(&mut v).val(2i64).val(h).buf(&mut acc).launch("adamw_f32", LaunchConfig::linear(1, 32));
     let coef = 1.0 / (5.0 + 1e-6);
     assert!((m[0] as f64 - 0.1 * 3.0 * coef).abs() < 1e-7, "first moment sees the clipped gradient: {}", m[0]);
+
+    // Stochastic rounding (bf16 without master): a zero gradient and decay 0.999 take 1.0 to 0.999, between the
+    // bf16 neighbours 0.99609375 and 1.0 (74.4% of the way up). Nearest rounding would leave every weight at
+    // 1.0; stochastic rounding lands on one of the two neighbours and keeps the mean at 0.999 (standard error
+    // 0.0039 * sqrt(0.744 * 0.256 / n) = 1.7e-5 for n = 10_000).
+    let n = 10_000usize;
+    let (mut p, mut g, mut m, mut v) = (vec![bf16::ONE; n], vec![bf16::ZERO; n], vec![0f32; n], vec![0f32; n]);
+    let h = AdamWStep { decay: 0.999, stochastic_seed: 7, ..hyper(1) };
+    Params::default().buf(&mut p).null().buf(&mut g).buf(&mut m).buf(&mut v).val(n as i64).val(h).null().launch("adamw_bf16", LaunchConfig::linear(8, 128));
+    assert!(p.iter().all(|&x| x == bf16::ONE || x == bf16::from_f32(0.99609375)), "only the two neighbours");
+    let mean = p.iter().map(|x| x.to_f64()).sum::<f64>() / n as f64;
+    assert!((mean - 0.999).abs() < 1e-4, "stochastic rounding keeps the mean: {mean}");
 }
 
 /// Varlen causal attention with GQA against ops::attention on one packed row with segment ids.

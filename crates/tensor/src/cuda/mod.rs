@@ -1,19 +1,33 @@
-//! The CUDA backend slot. Until the backend lands (see the CUDA issue), this is a stub with the same type names
-//! whose every entry point returns `Error::CudaUnavailable`, so the CPU-only build compiles and runs exactly the
-//! code paths the CUDA build will (the `Storage::Cuda` arms included).
+//! The CUDA backend slot. The kernels exist (kernels/*.cu, built and tested by `ferrotune-kernels`), and the
+//! driver is probed at run time (libcuda loaded dynamically, so every build starts without one), but the tensor
+//! ops on `Device::Cuda` are not wired to them yet: every entry point here returns `Error::CudaUnavailable`, so
+//! the CPU-only path compiles and runs exactly the code the CUDA build will (the `Storage::Cuda` arms included).
+//! What remains is listed in DEVELOPERS.md ("State of the CUDA backend").
 
 use crate::backend::{BackendStorage, BinaryOp, MatmulDims, ReduceOp, UnaryOp};
 use crate::{DType, Device, Error, Layout, Result};
 
-const WHY: &str = "this build of ferrotune has no CUDA backend yet; run with device cpu";
+const NOT_WIRED: &str = "ferrotune's CUDA kernels are built and tested, but tensor ops on device cuda are not wired to them yet";
 
 pub fn unavailable<T>() -> Result<T> {
-    Err(Error::CudaUnavailable(WHY.to_string()))
+    Err(Error::CudaUnavailable(format!("{}; run with device cpu", why_off())))
+}
+
+/// Why CUDA cannot be used: no driver / no GPU / no compiled kernels, or, with all of those present, that the
+/// tensor ops are not wired yet.
+fn why_off() -> String {
+    match ferrotune_kernels::cuda::driver_status() {
+        Err(why) => why,
+        Ok(_) if ferrotune_kernels::FATBINS.is_empty() => {
+            "this build has no compiled CUDA kernels (nvcc was not found at build time; set NVCC or CUDA_HOME and rebuild)".to_string()
+        }
+        Ok(n) => format!("{n} GPU(s) found, but {NOT_WIRED}"),
+    }
 }
 
 /// Whether a usable CUDA device exists, and if not, why not (printed by `ferrotune env`).
 pub fn availability() -> std::result::Result<usize, String> {
-    Err(WHY.to_string())
+    Err(why_off())
 }
 
 /// Device memory. No value of this type can be made by the stub: allocation fails first.
