@@ -101,7 +101,8 @@ fn sums_and_maxes_match_the_cpu() {
 fn unwired_ops_name_themselves() {
     emulate();
     let gpu = randn(5, &[2, 2]).to_device(CUDA).unwrap();
-    for (op, result) in [("matmul", gpu.matmul(&gpu)), ("binary Add", gpu.add(&gpu)), ("unary Exp", gpu.exp())] {
+    let fused = ferrotune_tensor::ops::rms_norm(&gpu, &gpu.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(), 1e-6);
+    for (op, result) in [("matmul", gpu.matmul(&gpu)), ("binary Add", gpu.add(&gpu)), ("unary Exp", gpu.exp()), ("rms_norm", fused)] {
         match result {
             Err(Error::CudaUnavailable(msg)) => assert!(msg.contains(op), "{op}: {msg}"),
             other => panic!("{op}: expected a CudaUnavailable error naming the op, got {other:?}"),

@@ -22,8 +22,13 @@ const MAX_BLOCKS: usize = 1024;
 /// The strided-copy kernel takes exactly this many dims (kernels/elementwise.cu `StridedShape`).
 const KERNEL_RANK: usize = 6;
 
-pub fn unavailable<T>() -> Result<T> {
-    Err(Error::CudaUnavailable(format!("{}; run with device cpu", why_off())))
+/// The error of `op` on `Device::Cuda` where the backend cannot run it: on the host emulation, that the op is
+/// not wired yet; otherwise why CUDA is off.
+pub fn unavailable<T>(op: &str) -> Result<T> {
+    if emulated() {
+        return not_wired(op);
+    }
+    Err(Error::CudaUnavailable(format!("{op} on device cuda: {}; run with device cpu", why_off())))
 }
 
 /// An op the backend does not implement yet (on any target): the error names it.
@@ -66,7 +71,7 @@ enum KernelTarget {
 impl KernelTarget {
     fn for_ordinal(ordinal: usize) -> Result<KernelTarget> {
         if !emulated() {
-            return unavailable();
+            return unavailable("allocation");
         }
         if ordinal != 0 {
             return Err(Error::CudaUnavailable(format!("the host emulation has one device, cuda:0; cuda:{ordinal} was asked for")));
