@@ -69,3 +69,59 @@ FT_KERNEL void reduce_rows_f32(const float* in, float* out, int64_t cols, int op
 FT_EXPORT(reduce_rows_f32)
 FT_KERNEL void reduce_rows_bf16(const bf16* in, float* out, int64_t cols, int op) { reduce_rows_impl(in, out, cols, op); }
 FT_EXPORT(reduce_rows_bf16)
+
+// Pointwise math on a contiguous buffer, in f32: the backend's unary / affine / powf (crates/tensor/src/backend.rs,
+// twins: the CPU backend's UnaryOp, affine, powf). `op` numbers the UnaryOp variants in declaration order
+// (0 Neg .. 14 Sign), then 15 affine (x * a + b) and 16 powf (x ^ a). One op switch per element: memory bound.
+FT_DEVICE float ft_pointwise(float x, int op, float a, float b) {
+    switch (op) {
+        case 0: return -x;
+        case 1: return expf(x);
+        case 2: return logf(x);
+        case 3: return sqrtf(x);
+        case 4: return 1.f / x;
+        case 5: return x * x;
+        case 6: return fabsf(x);
+        case 7: return tanhf(x);
+        case 8: return sinf(x);
+        case 9: return cosf(x);
+        case 10: return 1.f / (1.f + expf(-x));
+        case 11: return x / (1.f + expf(-x));
+        case 12: return x > 0.f ? x : 0.f;
+        case 13: return x > 0.f ? 1.f : 0.f;
+        case 14: return x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f);
+        case 15: return x * a + b;
+        default: return powf(x, a);
+    }
+}
+template <typename T>
+FT_DEVICE void unary_impl(const T* in, T* out, int64_t n, int op, float a, float b) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = ft_from_float<T>(ft_pointwise(ft_to_float(in[i]), op, a, b));
+}
+FT_KERNEL void unary_f32(const float* in, float* out, int64_t n, int op, float a, float b) { unary_impl(in, out, n, op, a, b); }
+FT_EXPORT(unary_f32)
+FT_KERNEL void unary_bf16(const bf16* in, bf16* out, int64_t n, int op, float a, float b) { unary_impl(in, out, n, op, a, b); }
+FT_EXPORT(unary_bf16)
+
+// out = lhs op rhs on contiguous buffers of one shape (the backend gathers broadcast views first), in f32.
+// `op` numbers BinaryOp in declaration order: 0 Add, 1 Sub, 2 Mul, 3 Div, 4 Maximum, 5 Minimum.
+template <typename T>
+FT_DEVICE void binary_impl(const T* lhs, const T* rhs, T* out, int64_t n, int op) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float x = ft_to_float(lhs[i]), y = ft_to_float(rhs[i]), r;
+        switch (op) {
+            case 0: r = x + y; break;
+            case 1: r = x - y; break;
+            case 2: r = x * y; break;
+            case 3: r = x / y; break;
+            case 4: r = fmaxf(x, y); break;
+            default: r = fminf(x, y); break;
+        }
+        out[i] = ft_from_float<T>(r);
+    }
+}
+FT_KERNEL void binary_f32(const float* lhs, const float* rhs, float* out, int64_t n, int op) { binary_impl(lhs, rhs, out, n, op); }
+FT_EXPORT(binary_f32)
+FT_KERNEL void binary_bf16(const bf16* lhs, const bf16* rhs, bf16* out, int64_t n, int op) { binary_impl(lhs, rhs, out, n, op); }
+FT_EXPORT(binary_bf16)

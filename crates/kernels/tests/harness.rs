@@ -176,6 +176,49 @@ fn fill_cast_copy_and_reductions() {
 }
 
 #[test]
+fn pointwise_unary_affine_powf_and_binary() {
+    use ferrotune_tensor::{BinaryOp, UnaryOp};
+    let n = 300usize;
+    let x = normal(3, n, 2.0);
+    // log / sqrt / recip / powf get positive inputs.
+    let positive: Vec<f32> = x.iter().map(|v| v.abs() + 0.5).collect();
+    let unary = [
+        UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Recip, UnaryOp::Sqr, UnaryOp::Abs,
+        UnaryOp::Tanh, UnaryOp::Sin, UnaryOp::Cos, UnaryOp::Sigmoid, UnaryOp::Silu, UnaryOp::Relu, UnaryOp::Step,
+        UnaryOp::Sign,
+    ];
+    // Op codes 0..=14 are UnaryOp in declaration order, 15 affine, 16 powf (kernels/elementwise.cu ft_pointwise).
+    for (code, op) in unary.into_iter().enumerate() {
+        let mut input = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Recip) { positive.clone() } else { x.clone() };
+        let want = t(input.clone(), &[n]).unary(op).unwrap();
+        let mut out = vec![0f32; n];
+        Params::default().buf(&mut input).buf(&mut out).val(n as i64).val(code as i32).val(0f32).val(0f32).launch("unary_f32", LaunchConfig::linear(2, 128));
+        assert_close(&format!("unary {op:?}"), &f64s(&out), &want, F32_TOL);
+    }
+    let mut input = positive.clone();
+    let mut out = vec![0f32; n];
+    Params::default().buf(&mut input).buf(&mut out).val(n as i64).val(15i32).val(-1.5f32).val(0.25f32).launch("unary_f32", LaunchConfig::linear(2, 128));
+    assert_close("affine", &f64s(&out), &t(positive.clone(), &[n]).affine(-1.5, 0.25).unwrap(), F32_TOL);
+    Params::default().buf(&mut input).buf(&mut out).val(n as i64).val(16i32).val(-0.5f32).val(0f32).launch("unary_f32", LaunchConfig::linear(2, 128));
+    assert_close("powf", &f64s(&out), &t(positive.clone(), &[n]).powf(-0.5).unwrap(), F32_TOL);
+    let mut xb = to_bf16(&x);
+    let mut outb = vec![bf16::ZERO; n];
+    Params::default().buf(&mut xb).buf(&mut outb).val(n as i64).val(11i32).val(0f32).val(0f32).launch("unary_bf16", LaunchConfig::linear(2, 128));
+    assert_close("unary_bf16 silu", &bf16s_f64(&outb), &t(xb.clone(), &[n]).silu().unwrap().to_dtype(DType::F32).unwrap(), BF16_TOL);
+
+    let binary = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum];
+    for (code, op) in binary.into_iter().enumerate() {
+        let (mut a, mut b, mut out) = (x.clone(), positive.clone(), vec![0f32; n]);
+        Params::default().buf(&mut a).buf(&mut b).buf(&mut out).val(n as i64).val(code as i32).launch("binary_f32", LaunchConfig::linear(2, 128));
+        assert_close(&format!("binary {op:?}"), &f64s(&out), &t(x.clone(), &[n]).binary(&t(positive.clone(), &[n]), op).unwrap(), F32_TOL);
+    }
+    let (mut pb, mut outb) = (to_bf16(&positive), vec![bf16::ZERO; n]);
+    Params::default().buf(&mut xb).buf(&mut pb).buf(&mut outb).val(n as i64).val(3i32).launch("binary_bf16", LaunchConfig::linear(2, 128));
+    let want = t(xb.clone(), &[n]).div(&t(pb.clone(), &[n])).unwrap().to_dtype(DType::F32).unwrap();
+    assert_close("binary_bf16 div", &bf16s_f64(&outb), &want, BF16_TOL);
+}
+
+#[test]
 fn embedding_forward_and_backward() {
     let (rows, cols) = (11usize, 40usize);
     let mut table = normal(3, rows * cols, 1.0);

@@ -2,9 +2,11 @@
 //! runs the same Tensor-level op on `Device::Cpu` (the reference, itself checked against PyTorch by the golden
 //! tests in the root tests/) and on the emulated `Device::Cuda(0)`, and compares.
 //!
-//! Tolerances: copies, casts and fills are exact (same rounding, round to nearest even, on both sides). Sums:
-//! the CPU accumulates in f64, the kernel in f32 over a block tree; relative 1e-5 of 1 + |expected| covers f32
-//! rounding on rows of up to ~800 unit-normal terms (observed ~1e-7). bf16 sums round once to bf16 on both
+//! Tolerances: copies, casts and fills are exact (same rounding, round to nearest even, on both sides). Pointwise
+//! f32: both compute in f32, but libm vs. the kernel's math functions and f64 vs. f32 affine parameters differ by an
+//! ulp or two: 1e-6 relative. Pointwise bf16: one bf16 ulp (8e-3) for values straddling a rounding boundary.
+//! Sums: the CPU accumulates in f64, the kernel in f32 over a block tree; relative 1e-5 of 1 + |expected| covers
+//! f32 rounding on rows of up to ~800 unit-normal terms (observed ~1e-7). bf16 sums round once to bf16 on both
 //! sides from slightly different f32 values: one bf16 ulp, 2^-8 relative, so 8e-3.
 
 use ferrotune_tensor::backend::ReduceOp;
@@ -98,11 +100,46 @@ fn sums_and_maxes_match_the_cpu() {
 }
 
 #[test]
+fn pointwise_ops_match_the_cpu() {
+    emulate();
+    use ferrotune_tensor::{BinaryOp, UnaryOp};
+    // Positive inputs for log / sqrt / recip / powf; mixed signs (and exact zeros) for the rest.
+    let x = randn(6, &[4, 37]);
+    let positive = x.unary(UnaryOp::Abs).unwrap().affine(1.0, 0.5).unwrap();
+    let unary = [
+        UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Sqr, UnaryOp::Abs, UnaryOp::Tanh, UnaryOp::Sin, UnaryOp::Cos,
+        UnaryOp::Sigmoid, UnaryOp::Silu, UnaryOp::Relu, UnaryOp::Step, UnaryOp::Sign,
+    ];
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+        let (x, positive) = (x.to_dtype(dtype).unwrap(), positive.to_dtype(dtype).unwrap());
+        let (gx, gp) = (x.to_device(CUDA).unwrap(), positive.to_device(CUDA).unwrap());
+        for op in unary {
+            assert_close(&format!("{op:?} {dtype}"), &gx.t().unwrap().unary(op).unwrap(), &x.t().unwrap().unary(op).unwrap(), tol);
+        }
+        for op in [UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Recip] {
+            assert_close(&format!("{op:?} {dtype}"), &gp.unary(op).unwrap(), &positive.unary(op).unwrap(), tol);
+        }
+        assert_close(&format!("affine {dtype}"), &gx.affine(-1.5, 0.25).unwrap(), &x.affine(-1.5, 0.25).unwrap(), tol);
+        assert_close(&format!("powf {dtype}"), &gp.powf(-0.5).unwrap(), &positive.powf(-0.5).unwrap(), tol);
+        let row = x.narrow(0, 1, 1).unwrap();
+        let grow = gx.narrow(0, 1, 1).unwrap();
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum] {
+            // rhs broadcast from one row: the stride-0 view is gathered on the device.
+            let (want, got) = (x.binary(&positive.narrow(0, 2, 1).unwrap(), op).unwrap(), gx.binary(&gp.narrow(0, 2, 1).unwrap(), op).unwrap());
+            assert_close(&format!("{op:?} {dtype}"), &got, &want, tol);
+            assert_close(&format!("{op:?} {dtype} row"), &grow.binary(&gx, op).unwrap(), &row.binary(&x, op).unwrap(), tol);
+        }
+    }
+}
+
+#[test]
 fn unwired_ops_name_themselves() {
     emulate();
     let gpu = randn(5, &[2, 2]).to_device(CUDA).unwrap();
     let fused = ferrotune_tensor::ops::rms_norm(&gpu, &gpu.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(), 1e-6);
-    for (op, result) in [("matmul", gpu.matmul(&gpu)), ("binary Add", gpu.add(&gpu)), ("unary Exp", gpu.exp()), ("rms_norm", fused)] {
+    let ids = Tensor::from_vec(vec![1i64], &[1]).unwrap().to_device(CUDA).unwrap();
+    for (op, result) in [("matmul", gpu.matmul(&gpu)), ("index_select", gpu.index_select(&ids)), ("reduce min", gpu.reduce_keepdim(&[0], ReduceOp::Min)), ("rms_norm", fused)] {
         match result {
             Err(Error::CudaUnavailable(msg)) => assert!(msg.contains(op), "{op}: {msg}"),
             other => panic!("{op}: expected a CudaUnavailable error naming the op, got {other:?}"),

@@ -21,6 +21,9 @@ const BLOCK_THREADS: u32 = 256;
 const MAX_BLOCKS: usize = 1024;
 /// The strided-copy kernel takes exactly this many dims (kernels/elementwise.cu `StridedShape`).
 const KERNEL_RANK: usize = 6;
+/// kernels/elementwise.cu `ft_pointwise` op codes after the UnaryOp variants.
+const POINTWISE_AFFINE: i32 = 15;
+const POINTWISE_POWF: i32 = 16;
 
 /// The error of `op` on `Device::Cuda` where the backend cannot run it: on the host emulation, that the op is
 /// not wired yet; otherwise why CUDA is off.
@@ -198,6 +201,29 @@ impl CudaStorage {
         Ok(self.with_buffer(out))
     }
 
+    /// `ft_pointwise` op `op` (a UnaryOp index, or affine / powf with parameters `a`, `b`) on a contiguous buffer.
+    fn pointwise(&self, op: i32, a: f32, b: f32) -> Result<CudaStorage> {
+        let suffix = kernel_dtype("unary", self.dtype())?;
+        let n = self.buffer.len();
+        let out = CpuStorage::zeros(n, self.dtype());
+        if n == 0 {
+            return Ok(self.with_buffer(out));
+        }
+        let (mut src, mut dst) = (buffer_ptr("unary", &self.buffer)?, buffer_ptr("unary", &out)?);
+        let (mut n64, mut code, mut a, mut b) = (n as i64, op, a, b);
+        let mut args = [
+            &mut src as *mut _ as *mut c_void,
+            &mut dst as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut code as *mut _ as *mut c_void,
+            &mut a as *mut _ as *mut c_void,
+            &mut b as *mut _ as *mut c_void,
+        ];
+        // SAFETY: unary_T(const T* in, T* out, int64_t n, int op, float a, float b); both hold n elements.
+        unsafe { self.target.launch(&format!("unary_{suffix}"), grid_for(n), &mut args)? };
+        Ok(self.with_buffer(out))
+    }
+
     /// Cast a contiguous buffer between f32 and bf16 through the cast kernels.
     fn cast(&self, dtype: DType) -> Result<CudaStorage> {
         let from = kernel_dtype("to_dtype", self.dtype())?;
@@ -263,17 +289,41 @@ impl BackendStorage for CudaStorage {
         }
         self.with_buffer(out).cast(self.dtype())
     }
-    fn unary(&self, _: &Layout, op: UnaryOp) -> Result<Self> {
-        not_wired(&format!("unary {op:?}"))
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self> {
+        // The kernel numbers UnaryOp's variants in declaration order (kernels/elementwise.cu ft_pointwise).
+        self.contiguous(layout)?.pointwise(op as i32, 0.0, 0.0)
     }
-    fn affine(&self, _: &Layout, _: f64, _: f64) -> Result<Self> {
-        not_wired("affine")
+    fn affine(&self, layout: &Layout, mul: f64, add: f64) -> Result<Self> {
+        self.contiguous(layout)?.pointwise(POINTWISE_AFFINE, mul as f32, add as f32)
     }
-    fn powf(&self, _: &Layout, _: f64) -> Result<Self> {
-        not_wired("powf")
+    fn powf(&self, layout: &Layout, exponent: f64) -> Result<Self> {
+        self.contiguous(layout)?.pointwise(POINTWISE_POWF, exponent as f32, 0.0)
     }
-    fn binary(&self, _: &Layout, _: &Self, _: &Layout, op: BinaryOp) -> Result<Self> {
-        not_wired(&format!("binary {op:?}"))
+    /// Both sides are gathered to contiguous buffers first (broadcast views included), then combined.
+    fn binary(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: BinaryOp) -> Result<Self> {
+        if self.dtype() != rhs.dtype() {
+            return Err(Error::DTypeMismatch { op: "binary", lhs: self.dtype(), rhs: rhs.dtype() });
+        }
+        let suffix = kernel_dtype("binary", self.dtype())?;
+        let (lhs, rhs) = (self.contiguous(layout)?, rhs.contiguous(rhs_layout)?);
+        let n = lhs.buffer.len();
+        let out = CpuStorage::zeros(n, self.dtype());
+        if n == 0 {
+            return Ok(self.with_buffer(out));
+        }
+        let (mut a, mut b, mut dst) = (buffer_ptr("binary", &lhs.buffer)?, buffer_ptr("binary", &rhs.buffer)?, buffer_ptr("binary", &out)?);
+        // The kernel numbers BinaryOp's variants in declaration order.
+        let (mut n64, mut code) = (n as i64, op as i32);
+        let mut args = [
+            &mut a as *mut _ as *mut c_void,
+            &mut b as *mut _ as *mut c_void,
+            &mut dst as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut code as *mut _ as *mut c_void,
+        ];
+        // SAFETY: binary_T(const T* lhs, const T* rhs, T* out, int64_t n, int op); all three hold n elements.
+        unsafe { self.target.launch(&format!("binary_{suffix}"), grid_for(n), &mut args)? };
+        Ok(self.with_buffer(out))
     }
     fn matmul(&self, _: &Layout, _: &Self, _: &Layout, _: MatmulDims) -> Result<Self> {
         not_wired("matmul")
