@@ -1,78 +1,337 @@
-//! The CUDA backend slot. Until the backend lands (see the CUDA issue), this is a stub with the same type names
-//! whose every entry point returns `Error::CudaUnavailable`, so the CPU-only build compiles and runs exactly the
-//! code paths the CUDA build will (the `Storage::Cuda` arms included).
+//! The CUDA backend. Device memory lives behind a [`KernelTarget`]: today the only one is the host emulation
+//! (`FERROTUNE_CUDA_EMULATE=1`: "device" buffers are plain host memory and every op launches the real
+//! kernels/*.cu kernels through `ferrotune_kernels::host::launch`, the fiber emulation of the device), so the
+//! backend's code path runs and is tested on a machine without a GPU. The cudarc target (caching allocator,
+//! one stream per device) is not written yet: without emulation, `Device::Cuda` still returns
+//! `Error::CudaUnavailable` saying why. Ops not wired yet return `CudaUnavailable` naming the op.
+//! What works and what is left: DEVELOPERS.md ("State of the CUDA backend").
 
 use crate::backend::{BackendStorage, BinaryOp, MatmulDims, ReduceOp, UnaryOp};
+use crate::cpu::CpuStorage;
 use crate::{DType, Device, Error, Layout, Result};
+use ferrotune_kernels::LaunchConfig;
+use std::ffi::c_void;
 
-const WHY: &str = "this build of ferrotune has no CUDA backend yet; run with device cpu";
+/// Set to 1 to run `Device::Cuda` ops on the host emulation of the kernels (tests, machines without a GPU).
+pub const EMULATE_ENV: &str = "FERROTUNE_CUDA_EMULATE";
 
-pub fn unavailable<T>() -> Result<T> {
-    Err(Error::CudaUnavailable(WHY.to_string()))
+/// Threads per block of the grid-stride kernels (fill, cast, strided copy) and the row reductions.
+const BLOCK_THREADS: u32 = 256;
+/// Grid-stride kernels need no more blocks than this to fill a GPU; the emulation spreads blocks over cores.
+const MAX_BLOCKS: usize = 1024;
+/// The strided-copy kernel takes exactly this many dims (kernels/elementwise.cu `StridedShape`).
+const KERNEL_RANK: usize = 6;
+/// kernels/elementwise.cu `ft_pointwise` op codes after the UnaryOp variants.
+const POINTWISE_AFFINE: i32 = 15;
+const POINTWISE_POWF: i32 = 16;
+
+/// The error of `op` on `Device::Cuda` where the backend cannot run it: on the host emulation, that the op is
+/// not wired yet; otherwise why CUDA is off.
+pub fn unavailable<T>(op: &str) -> Result<T> {
+    if emulated() {
+        return not_wired(op);
+    }
+    Err(Error::CudaUnavailable(format!("{op} on device cuda: {}; run with device cpu", why_off())))
+}
+
+/// An op the backend does not implement yet (on any target): the error names it.
+fn not_wired<T>(op: &str) -> Result<T> {
+    Err(Error::CudaUnavailable(format!(
+        "{op} is not implemented on device cuda yet (see DEVELOPERS.md, \"State of the CUDA backend\"); run with device cpu"
+    )))
+}
+
+fn emulated() -> bool {
+    std::env::var(EMULATE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Why CUDA cannot be used: no driver / no GPU / no compiled kernels, or, with all of those present, that the
+/// GPU target of the backend is not written yet.
+fn why_off() -> String {
+    match ferrotune_kernels::cuda::driver_status() {
+        Err(why) => why,
+        Ok(_) if ferrotune_kernels::FATBINS.is_empty() => {
+            "this build has no compiled CUDA kernels (nvcc was not found at build time; set NVCC or CUDA_HOME and rebuild)".to_string()
+        }
+        Ok(n) => format!(
+            "{n} GPU(s) found, but the CUDA backend only runs on its host emulation so far ({EMULATE_ENV}=1), not on a GPU"
+        ),
+    }
 }
 
 /// Whether a usable CUDA device exists, and if not, why not (printed by `ferrotune env`).
 pub fn availability() -> std::result::Result<usize, String> {
-    Err(WHY.to_string())
+    Err(why_off())
 }
 
-/// Device memory. No value of this type can be made by the stub: allocation fails first.
+/// Where a `CudaStorage`'s buffer lives and where its kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelTarget {
+    /// Host memory; kernels run through the fiber emulation (`ferrotune_kernels::host`).
+    HostEmulation,
+}
+
+impl KernelTarget {
+    fn for_ordinal(ordinal: usize) -> Result<KernelTarget> {
+        if !emulated() {
+            return unavailable("allocation");
+        }
+        if ordinal != 0 {
+            return Err(Error::CudaUnavailable(format!("the host emulation has one device, cuda:0; cuda:{ordinal} was asked for")));
+        }
+        Ok(KernelTarget::HostEmulation)
+    }
+
+    /// Launch kernel `name`. `args` holds one pointer per kernel parameter, pointing at its value.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list, and every buffer must cover what the kernel touches.
+    unsafe fn launch(self, name: &str, config: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
+        match self {
+            KernelTarget::HostEmulation => ferrotune_kernels::host::launch(name, config, args)
+                .map_err(|e| Error::Msg(format!("cuda (host emulation): {e}"))),
+        }
+    }
+}
+
+/// Device memory of one dtype. On the host emulation the buffer is a host `Vec` (its address is the "device
+/// pointer" the kernels get).
 #[derive(Debug)]
 pub struct CudaStorage {
     ordinal: usize,
-    dtype: DType,
+    target: KernelTarget,
+    buffer: CpuStorage,
+}
+
+/// The kernels' `StridedShape` (kernels/elementwise.cu): exactly six dims, strides in elements.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StridedShape {
+    dims: [i64; KERNEL_RANK],
+    strides: [i64; KERNEL_RANK],
+    offset: i64,
+}
+
+fn grid_for(n: usize) -> LaunchConfig {
+    LaunchConfig::linear(n.div_ceil(BLOCK_THREADS as usize).min(MAX_BLOCKS) as u32, BLOCK_THREADS)
+}
+
+/// Kernel name suffix for a dtype the elementwise kernels take, or an error naming the op.
+fn kernel_dtype(op: &'static str, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        other => Err(Error::UnsupportedDType { op, dtype: other }),
+    }
+}
+
+/// A raw pointer to the first element of a float buffer (f32 or bf16), as a kernel parameter.
+fn buffer_ptr(op: &'static str, buffer: &CpuStorage) -> Result<*mut c_void> {
+    match buffer {
+        CpuStorage::F32(v) => Ok(v.as_ptr() as *mut c_void),
+        CpuStorage::BF16(v) => Ok(v.as_ptr() as *mut c_void),
+        other => Err(Error::UnsupportedDType { op, dtype: other.dtype() }),
+    }
 }
 
 impl CudaStorage {
     /// Allocate `len` zeroed elements on GPU `ordinal`.
-    pub fn zeros(_ordinal: usize, _len: usize, _dtype: DType) -> Result<CudaStorage> {
-        unavailable()
+    pub fn zeros(ordinal: usize, len: usize, dtype: DType) -> Result<CudaStorage> {
+        let target = KernelTarget::for_ordinal(ordinal)?;
+        let storage = CudaStorage { ordinal, target, buffer: CpuStorage::zeros(len, dtype) };
+        if matches!(dtype, DType::F32 | DType::BF16) {
+            // The emulated allocation is already zero; the fill still runs so the kernel path is the GPU's.
+            storage.fill(0.0)?;
+        }
+        Ok(storage)
     }
+
     /// Copy host data to GPU `ordinal`.
-    pub fn from_cpu(_ordinal: usize, _cpu: &crate::cpu::CpuStorage) -> Result<CudaStorage> {
-        unavailable()
+    pub fn from_cpu(ordinal: usize, cpu: &CpuStorage) -> Result<CudaStorage> {
+        let target = KernelTarget::for_ordinal(ordinal)?;
+        Ok(CudaStorage { ordinal, target, buffer: cpu.clone() })
     }
+
     /// Copy device data back to the host.
-    pub fn to_cpu(&self) -> Result<crate::cpu::CpuStorage> {
-        unavailable()
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        match self.target {
+            KernelTarget::HostEmulation => Ok(self.buffer.clone()),
+        }
+    }
+
+    fn with_buffer(&self, buffer: CpuStorage) -> CudaStorage {
+        CudaStorage { ordinal: self.ordinal, target: self.target, buffer }
+    }
+
+    fn fill(&self, value: f32) -> Result<()> {
+        let suffix = kernel_dtype("fill", self.dtype())?;
+        let n = self.buffer.len();
+        let (mut out, mut n64, mut v) = (buffer_ptr("fill", &self.buffer)?, n as i64, value);
+        let mut args = [&mut out as *mut _ as *mut c_void, &mut n64 as *mut _ as *mut c_void, &mut v as *mut _ as *mut c_void];
+        // SAFETY: fill_{f32,bf16}(T* out, int64_t n, float value); `out` holds n elements.
+        unsafe { self.target.launch(&format!("fill_{suffix}"), grid_for(n), &mut args) }
+    }
+
+    /// A fresh contiguous copy of what `layout` selects, through the strided-copy kernel.
+    fn contiguous(&self, layout: &Layout) -> Result<CudaStorage> {
+        let suffix = kernel_dtype("copy_strided", self.dtype())?;
+        let rank = layout.rank();
+        if rank > KERNEL_RANK {
+            return Err(Error::BadShape {
+                op: "copy_strided",
+                msg: format!("device cuda copies views of rank {KERNEL_RANK} at most, this one has rank {rank}"),
+            });
+        }
+        let pad = KERNEL_RANK - rank;
+        let mut shape = StridedShape { dims: [1; KERNEL_RANK], strides: [0; KERNEL_RANK], offset: layout.offset() as i64 };
+        for d in 0..rank {
+            shape.dims[pad + d] = layout.shape()[d] as i64;
+            shape.strides[pad + d] = layout.strides()[d] as i64;
+        }
+        let n = layout.elem_count();
+        let out = CpuStorage::zeros(n, self.dtype());
+        if n == 0 {
+            return Ok(self.with_buffer(out));
+        }
+        let (mut src, mut dst) = (buffer_ptr("copy_strided", &self.buffer)?, buffer_ptr("copy_strided", &out)?);
+        let mut args = [&mut src as *mut _ as *mut c_void, &mut dst as *mut _ as *mut c_void, &mut shape as *mut _ as *mut c_void];
+        // SAFETY: copy_strided_T(const T* in, T* out, StridedShape s); the layout stays inside `self.buffer`
+        // (a Tensor's layout never points past its storage) and `out` holds its n elements.
+        unsafe { self.target.launch(&format!("copy_strided_{suffix}"), grid_for(n), &mut args)? };
+        Ok(self.with_buffer(out))
+    }
+
+    /// `ft_pointwise` op `op` (a UnaryOp index, or affine / powf with parameters `a`, `b`) on a contiguous buffer.
+    fn pointwise(&self, op: i32, a: f32, b: f32) -> Result<CudaStorage> {
+        let suffix = kernel_dtype("unary", self.dtype())?;
+        let n = self.buffer.len();
+        let out = CpuStorage::zeros(n, self.dtype());
+        if n == 0 {
+            return Ok(self.with_buffer(out));
+        }
+        let (mut src, mut dst) = (buffer_ptr("unary", &self.buffer)?, buffer_ptr("unary", &out)?);
+        let (mut n64, mut code, mut a, mut b) = (n as i64, op, a, b);
+        let mut args = [
+            &mut src as *mut _ as *mut c_void,
+            &mut dst as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut code as *mut _ as *mut c_void,
+            &mut a as *mut _ as *mut c_void,
+            &mut b as *mut _ as *mut c_void,
+        ];
+        // SAFETY: unary_T(const T* in, T* out, int64_t n, int op, float a, float b); both hold n elements.
+        unsafe { self.target.launch(&format!("unary_{suffix}"), grid_for(n), &mut args)? };
+        Ok(self.with_buffer(out))
+    }
+
+    /// Cast a contiguous buffer between f32 and bf16 through the cast kernels.
+    fn cast(&self, dtype: DType) -> Result<CudaStorage> {
+        let from = kernel_dtype("to_dtype", self.dtype())?;
+        let to = kernel_dtype("to_dtype", dtype)?;
+        if from == to {
+            return Ok(self.with_buffer(self.buffer.clone()));
+        }
+        let n = self.buffer.len();
+        let out = CpuStorage::zeros(n, dtype);
+        let (mut src, mut dst, mut n64) = (buffer_ptr("to_dtype", &self.buffer)?, buffer_ptr("to_dtype", &out)?, n as i64);
+        let mut args = [&mut src as *mut _ as *mut c_void, &mut dst as *mut _ as *mut c_void, &mut n64 as *mut _ as *mut c_void];
+        // SAFETY: cast_From_To(const From* in, To* out, int64_t n); both buffers hold n elements.
+        unsafe { self.target.launch(&format!("cast_{from}_{to}"), grid_for(n), &mut args)? };
+        Ok(self.with_buffer(out))
     }
 }
 
 impl BackendStorage for CudaStorage {
     fn dtype(&self) -> DType {
-        self.dtype
+        self.buffer.dtype()
     }
     fn device(&self) -> Device {
         Device::Cuda(self.ordinal)
     }
-    fn to_dtype(&self, _: &Layout, _: DType) -> Result<Self> {
-        unavailable()
+    fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Self> {
+        self.contiguous(layout)?.cast(dtype)
     }
-    fn copy_strided(&self, _: &Layout) -> Result<Self> {
-        unavailable()
+    fn copy_strided(&self, layout: &Layout) -> Result<Self> {
+        self.contiguous(layout)
     }
-    fn unary(&self, _: &Layout, _: UnaryOp) -> Result<Self> {
-        unavailable()
+    /// Sum and max: the reduced dims are moved last by a strided copy, then one block per output element
+    /// reduces its row in f32 (reduce_rows); bf16 results are rounded back once.
+    fn reduce(&self, layout: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
+        let op_code: i32 = match op {
+            ReduceOp::Sum => 0,
+            ReduceOp::Max => 1,
+            ReduceOp::Min => return not_wired("reduce min"),
+        };
+        let suffix = kernel_dtype("reduce", self.dtype())?;
+        let rank = layout.rank();
+        if let Some(&d) = dims.iter().find(|&&d| d >= rank) {
+            return Err(Error::DimOutOfRange { op: "reduce", dim: d, rank });
+        }
+        let kept: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();
+        let order: Vec<usize> = kept.iter().copied().chain((0..rank).filter(|d| dims.contains(d))).collect();
+        let rows: usize = kept.iter().map(|&d| layout.shape()[d]).product();
+        let cols: usize = (0..rank).filter(|d| dims.contains(d)).map(|d| layout.shape()[d]).product();
+        let moved = self.contiguous(&layout.permute(&order)?)?;
+        let out = CpuStorage::zeros(rows, DType::F32);
+        if rows > 0 {
+            let (mut src, mut dst, mut cols64, mut code) =
+                (buffer_ptr("reduce", &moved.buffer)?, buffer_ptr("reduce", &out)?, cols as i64, op_code);
+            let mut args = [
+                &mut src as *mut _ as *mut c_void,
+                &mut dst as *mut _ as *mut c_void,
+                &mut cols64 as *mut _ as *mut c_void,
+                &mut code as *mut _ as *mut c_void,
+            ];
+            let config = LaunchConfig::linear(rows as u32, BLOCK_THREADS);
+            // SAFETY: reduce_rows_T(const T* in, float* out, int64_t cols, int op); `moved` is contiguous
+            // [rows, cols], `out` holds rows floats.
+            unsafe { self.target.launch(&format!("reduce_rows_{suffix}"), config, &mut args)? };
+        }
+        self.with_buffer(out).cast(self.dtype())
     }
-    fn affine(&self, _: &Layout, _: f64, _: f64) -> Result<Self> {
-        unavailable()
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self> {
+        // The kernel numbers UnaryOp's variants in declaration order (kernels/elementwise.cu ft_pointwise).
+        self.contiguous(layout)?.pointwise(op as i32, 0.0, 0.0)
     }
-    fn powf(&self, _: &Layout, _: f64) -> Result<Self> {
-        unavailable()
+    fn affine(&self, layout: &Layout, mul: f64, add: f64) -> Result<Self> {
+        self.contiguous(layout)?.pointwise(POINTWISE_AFFINE, mul as f32, add as f32)
     }
-    fn binary(&self, _: &Layout, _: &Self, _: &Layout, _: BinaryOp) -> Result<Self> {
-        unavailable()
+    fn powf(&self, layout: &Layout, exponent: f64) -> Result<Self> {
+        self.contiguous(layout)?.pointwise(POINTWISE_POWF, exponent as f32, 0.0)
     }
-    fn reduce(&self, _: &Layout, _: &[usize], _: ReduceOp) -> Result<Self> {
-        unavailable()
+    /// Both sides are gathered to contiguous buffers first (broadcast views included), then combined.
+    fn binary(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: BinaryOp) -> Result<Self> {
+        if self.dtype() != rhs.dtype() {
+            return Err(Error::DTypeMismatch { op: "binary", lhs: self.dtype(), rhs: rhs.dtype() });
+        }
+        let suffix = kernel_dtype("binary", self.dtype())?;
+        let (lhs, rhs) = (self.contiguous(layout)?, rhs.contiguous(rhs_layout)?);
+        let n = lhs.buffer.len();
+        let out = CpuStorage::zeros(n, self.dtype());
+        if n == 0 {
+            return Ok(self.with_buffer(out));
+        }
+        let (mut a, mut b, mut dst) = (buffer_ptr("binary", &lhs.buffer)?, buffer_ptr("binary", &rhs.buffer)?, buffer_ptr("binary", &out)?);
+        // The kernel numbers BinaryOp's variants in declaration order.
+        let (mut n64, mut code) = (n as i64, op as i32);
+        let mut args = [
+            &mut a as *mut _ as *mut c_void,
+            &mut b as *mut _ as *mut c_void,
+            &mut dst as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut code as *mut _ as *mut c_void,
+        ];
+        // SAFETY: binary_T(const T* lhs, const T* rhs, T* out, int64_t n, int op); all three hold n elements.
+        unsafe { self.target.launch(&format!("binary_{suffix}"), grid_for(n), &mut args)? };
+        Ok(self.with_buffer(out))
     }
     fn matmul(&self, _: &Layout, _: &Self, _: &Layout, _: MatmulDims) -> Result<Self> {
-        unavailable()
+        not_wired("matmul")
     }
     fn index_select(&self, _: &Layout, _: &Self, _: &Layout) -> Result<Self> {
-        unavailable()
+        not_wired("index_select")
     }
     fn index_add(&self, _: &Layout, _: &Self, _: &Layout, _: usize) -> Result<Self> {
-        unavailable()
+        not_wired("index_add")
     }
 }

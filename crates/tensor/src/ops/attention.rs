@@ -121,7 +121,7 @@ impl AttentionCall {
             None => None,
             Some(seg) => {
                 if let Storage::Cuda(_) = seg.storage() {
-                    return crate::cuda::unavailable();
+                    return crate::cuda::unavailable(op);
                 }
                 if !matches!(seg.dtype(), DType::I32 | DType::I64) {
                     return Err(Error::Msg(format!("{op}: segment ids must be i32 or i64, got {}", seg.dtype())));
@@ -163,7 +163,7 @@ fn heads_view<'a, F: Element>(op: &'static str, x: &'a Tensor) -> Result<HeadsVi
 /// A CPU float tensor, or the error that says why not (GPU tensors get the CUDA backend's answer).
 fn check_float_cpu(op: &'static str, name: &str, x: &Tensor) -> Result<()> {
     if let Storage::Cuda(_) = x.storage() {
-        return crate::cuda::unavailable();
+        return crate::cuda::unavailable(op);
     }
     if !x.dtype().is_float() {
         return Err(Error::Msg(format!("{op}: {name} has dtype {}; attention needs a float dtype", x.dtype())));

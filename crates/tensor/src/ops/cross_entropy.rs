@@ -106,7 +106,7 @@ pub fn cross_entropy_backward(
     let shape = logits.shape().to_vec();
     let targets = targets_vec(OP, targets, shape[0])?;
     if let Storage::Cuda(_) = lse.storage() {
-        return crate::cuda::unavailable();
+        return crate::cuda::unavailable(OP);
     }
     if lse.shape() != [shape[0]] || !lse.dtype().is_float() {
         return Err(Error::BadShape { op: OP, msg: format!("lse must be [N] = [{}] floats, got {:?} {}", shape[0], lse.shape(), lse.dtype()) });
@@ -158,7 +158,7 @@ pub fn linear_cross_entropy(
     const OP: &str = "linear_cross_entropy";
     for (name, x) in [("hidden", hidden), ("weight", weight)] {
         if let Storage::Cuda(_) = x.storage() {
-            return crate::cuda::unavailable();
+            return crate::cuda::unavailable(OP);
         }
         if !x.dtype().is_float() {
             return Err(Error::UnsupportedDType { op: OP, dtype: x.dtype() });
@@ -235,7 +235,7 @@ fn matrix<'a, T: Element>(op: &'static str, x: &'a Tensor) -> Result<MatRef<'a, 
 /// `logits` as a 2-D CPU float tensor whose rows are unit-stride (a view when it already is, else a copy).
 fn logits_operand(op: &'static str, logits: &Tensor) -> Result<Tensor> {
     if let Storage::Cuda(_) = logits.storage() {
-        return crate::cuda::unavailable();
+        return crate::cuda::unavailable(op);
     }
     if !logits.dtype().is_float() {
         return Err(Error::UnsupportedDType { op, dtype: logits.dtype() });
@@ -260,7 +260,7 @@ fn row_major<'a, T: Element>(op: &'static str, logits: &'a Tensor) -> Result<Row
 /// `targets [n]` (i32 or i64) as i64.
 fn targets_vec(op: &'static str, targets: &Tensor, n: usize) -> Result<Vec<i64>> {
     if let Storage::Cuda(_) = targets.storage() {
-        return crate::cuda::unavailable();
+        return crate::cuda::unavailable(op);
     }
     if !matches!(targets.dtype(), DType::I32 | DType::I64) {
         return Err(Error::Msg(format!("{op}: targets must be i32 or i64 class indices, got {}", targets.dtype())));

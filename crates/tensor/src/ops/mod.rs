@@ -10,7 +10,7 @@ use crate::{DType, Error, Result, Storage, Tensor};
 pub(crate) fn cpu_compute_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
     match t.storage() {
         Storage::Cpu(_) => {}
-        Storage::Cuda(_) => return crate::cuda::unavailable(),
+        Storage::Cuda(_) => return crate::cuda::unavailable(op),
     }
     if !t.dtype().is_float() {
         return Err(Error::UnsupportedDType { op, dtype: t.dtype() });

@@ -1,0 +1,148 @@
+//! The CUDA backend's code path on the host emulation of its kernels (`FERROTUNE_CUDA_EMULATE=1`): each test
+//! runs the same Tensor-level op on `Device::Cpu` (the reference, itself checked against PyTorch by the golden
+//! tests in the root tests/) and on the emulated `Device::Cuda(0)`, and compares.
+//!
+//! Tolerances: copies, casts and fills are exact (same rounding, round to nearest even, on both sides). Pointwise
+//! f32: both compute in f32, but libm vs. the kernel's math functions and f64 vs. f32 affine parameters differ by an
+//! ulp or two: 1e-6 relative. Pointwise bf16: one bf16 ulp (8e-3) for values straddling a rounding boundary.
+//! Sums: the CPU accumulates in f64, the kernel in f32 over a block tree; relative 1e-5 of 1 + |expected| covers
+//! f32 rounding on rows of up to ~800 unit-normal terms (observed ~1e-7). bf16 sums round once to bf16 on both
+//! sides from slightly different f32 values: one bf16 ulp, 2^-8 relative, so 8e-3.
+
+use ferrotune_tensor::backend::ReduceOp;
+use ferrotune_tensor::{DType, Device, Error, Tensor};
+use std::sync::Once;
+
+const CUDA: Device = Device::Cuda(0);
+
+/// Selects the emulation for this test binary (tests run in parallel; the variable is set once, before any op).
+fn emulate() {
+    static SET: Once = Once::new();
+    SET.call_once(|| std::env::set_var("FERROTUNE_CUDA_EMULATE", "1"));
+}
+
+fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    Tensor::randn(seed, shape, 0.0, 1.0, DType::F32).unwrap()
+}
+
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.device(), CUDA, "{what}: result left the device");
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let got = got.to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
+    let want = want.to_vec_f64().unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: cuda {g} vs cpu {w}");
+    }
+}
+
+#[test]
+fn transfers_and_zeros_round_trip() {
+    emulate();
+    let x = randn(1, &[3, 5]);
+    assert_close("to_device", &x.to_device(CUDA).unwrap(), &x, 0.0);
+    for dtype in [DType::F32, DType::BF16] {
+        let z = Tensor::zeros(&[4, 7], dtype, CUDA).unwrap();
+        assert_close("zeros", &z, &Tensor::zeros(&[4, 7], dtype, Device::Cpu).unwrap(), 0.0);
+    }
+    let ids = Tensor::from_vec(vec![3i64, 1, 4], &[3]).unwrap();
+    assert_eq!(ids.to_device(CUDA).unwrap().to_device(Device::Cpu).unwrap().to_vec::<i64>().unwrap(), vec![3, 1, 4]);
+}
+
+#[test]
+fn strided_views_copy_like_the_cpu() {
+    emulate();
+    let x = randn(2, &[2, 3, 4, 5]);
+    let on_gpu = x.to_device(CUDA).unwrap();
+    let views: [(&str, fn(&Tensor) -> Tensor); 4] = [
+        ("transpose", |t| t.transpose(1, 3).unwrap()),
+        ("permute", |t| t.permute(&[3, 0, 2, 1]).unwrap()),
+        ("narrow", |t| t.narrow(2, 1, 2).unwrap().narrow(3, 2, 3).unwrap()),
+        ("broadcast", |t| t.narrow(1, 0, 1).unwrap().broadcast_as(&[2, 6, 4, 5]).unwrap()),
+    ];
+    for (name, view) in views {
+        assert_close(name, &view(&on_gpu).contiguous().unwrap(), &view(&x).contiguous().unwrap(), 0.0);
+        let bf = x.to_dtype(DType::BF16).unwrap();
+        let bf_gpu = bf.to_device(CUDA).unwrap();
+        assert_close(name, &view(&bf_gpu).contiguous().unwrap(), &view(&bf).contiguous().unwrap(), 0.0);
+    }
+}
+
+#[test]
+fn casts_match_the_cpu() {
+    emulate();
+    // Scaled so the values spread over many binades and most f32s round to bf16.
+    let x = randn(3, &[6, 33]).scale(100.0).unwrap();
+    let gpu = x.to_device(CUDA).unwrap();
+    let bf_cpu = x.to_dtype(DType::BF16).unwrap();
+    let bf_gpu = gpu.to_dtype(DType::BF16).unwrap();
+    assert_close("f32->bf16", &bf_gpu, &bf_cpu, 0.0);
+    assert_close("bf16->f32", &bf_gpu.to_dtype(DType::F32).unwrap(), &bf_cpu.to_dtype(DType::F32).unwrap(), 0.0);
+    // A strided source is gathered first.
+    assert_close("t().to_dtype", &gpu.t().unwrap().to_dtype(DType::BF16).unwrap(), &x.t().unwrap().to_dtype(DType::BF16).unwrap(), 0.0);
+}
+
+#[test]
+fn sums_and_maxes_match_the_cpu() {
+    emulate();
+    let x = randn(4, &[3, 4, 70]);
+    let gpu = x.to_device(CUDA).unwrap();
+    for dims in [vec![2], vec![0], vec![0, 2], vec![0, 1, 2]] {
+        for (op, name) in [(ReduceOp::Sum, "sum"), (ReduceOp::Max, "max")] {
+            let what = format!("{name} over {dims:?}");
+            assert_close(&what, &gpu.reduce_keepdim(&dims, op).unwrap(), &x.reduce_keepdim(&dims, op).unwrap(), 1e-5);
+            let bf = x.to_dtype(DType::BF16).unwrap();
+            let got = bf.to_device(CUDA).unwrap().reduce_keepdim(&dims, op).unwrap();
+            assert_close(&format!("bf16 {what}"), &got, &bf.reduce_keepdim(&dims, op).unwrap(), 8e-3);
+        }
+    }
+    assert_close("sum of a transposed view", &gpu.transpose(0, 2).unwrap().sum_keepdim(&[0]).unwrap(), &x.transpose(0, 2).unwrap().sum_keepdim(&[0]).unwrap(), 1e-5);
+}
+
+#[test]
+fn pointwise_ops_match_the_cpu() {
+    emulate();
+    use ferrotune_tensor::{BinaryOp, UnaryOp};
+    // Positive inputs for log / sqrt / recip / powf; mixed signs (and exact zeros) for the rest.
+    let x = randn(6, &[4, 37]);
+    let positive = x.unary(UnaryOp::Abs).unwrap().affine(1.0, 0.5).unwrap();
+    let unary = [
+        UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Sqr, UnaryOp::Abs, UnaryOp::Tanh, UnaryOp::Sin, UnaryOp::Cos,
+        UnaryOp::Sigmoid, UnaryOp::Silu, UnaryOp::Relu, UnaryOp::Step, UnaryOp::Sign,
+    ];
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+        let (x, positive) = (x.to_dtype(dtype).unwrap(), positive.to_dtype(dtype).unwrap());
+        let (gx, gp) = (x.to_device(CUDA).unwrap(), positive.to_device(CUDA).unwrap());
+        for op in unary {
+            assert_close(&format!("{op:?} {dtype}"), &gx.t().unwrap().unary(op).unwrap(), &x.t().unwrap().unary(op).unwrap(), tol);
+        }
+        for op in [UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Recip] {
+            assert_close(&format!("{op:?} {dtype}"), &gp.unary(op).unwrap(), &positive.unary(op).unwrap(), tol);
+        }
+        assert_close(&format!("affine {dtype}"), &gx.affine(-1.5, 0.25).unwrap(), &x.affine(-1.5, 0.25).unwrap(), tol);
+        assert_close(&format!("powf {dtype}"), &gp.powf(-0.5).unwrap(), &positive.powf(-0.5).unwrap(), tol);
+        let row = x.narrow(0, 1, 1).unwrap();
+        let grow = gx.narrow(0, 1, 1).unwrap();
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum] {
+            // rhs broadcast from one row: the stride-0 view is gathered on the device.
+            let (want, got) = (x.binary(&positive.narrow(0, 2, 1).unwrap(), op).unwrap(), gx.binary(&gp.narrow(0, 2, 1).unwrap(), op).unwrap());
+            assert_close(&format!("{op:?} {dtype}"), &got, &want, tol);
+            assert_close(&format!("{op:?} {dtype} row"), &grow.binary(&gx, op).unwrap(), &row.binary(&x, op).unwrap(), tol);
+        }
+    }
+}
+
+#[test]
+fn unwired_ops_name_themselves() {
+    emulate();
+    let gpu = randn(5, &[2, 2]).to_device(CUDA).unwrap();
+    let fused = ferrotune_tensor::ops::rms_norm(&gpu, &gpu.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(), 1e-6);
+    let ids = Tensor::from_vec(vec![1i64], &[1]).unwrap().to_device(CUDA).unwrap();
+    for (op, result) in [("matmul", gpu.matmul(&gpu)), ("index_select", gpu.index_select(&ids)), ("reduce min", gpu.reduce_keepdim(&[0], ReduceOp::Min)), ("rms_norm", fused)] {
+        match result {
+            Err(Error::CudaUnavailable(msg)) => assert!(msg.contains(op), "{op}: {msg}"),
+            other => panic!("{op}: expected a CudaUnavailable error naming the op, got {other:?}"),
+        }
+    }
+}
