@@ -13,7 +13,7 @@ set -euo pipefail
 VENV="${FERROTUNE_NVCC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrotune-ci/nvcc-13.0}"
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 
-find_nvcc() { ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n1; }
+find_nvcc() { ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n1 || true; }
 
 NVCC="$(find_nvcc)"
 if [ -z "$NVCC" ] || ! "$NVCC" --version >/dev/null 2>&1; then
