@@ -246,6 +246,43 @@ pub fn forward_hidden(model: &LlamaModel, batch: &ferrotune_models::Batch, train
     model.final_norm(&x)
 }
 
+/// Arithmetic per trained token of the GEMMs in one training step (linear layers, LoRA branches and the
+/// lm_head; attention's `QK^T` / `PV` products, about 2% at a few hundred tokens per sequence, and the
+/// elementwise ops are left out). For a product `[N, in] x [in, out]` the forward costs `2 in out` FLOPs per
+/// token, the input gradient `G W` the same again, and the weight gradient `X^T G` the same once more, paid only
+/// when the weight trains (LoRA and freeze skip it for frozen weights; a LoRA branch of rank `r` costs
+/// `2 r (in + out)` per product). With activation checkpointing every decoder layer's forward runs twice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepFlops {
+    /// FLOPs per token of the math itself: forward, input gradients, trainable weight gradients.
+    pub model: f64,
+    /// `model` plus the forward recomputed by activation checkpointing: what the CPU actually executes.
+    pub executed: f64,
+}
+
+/// [`StepFlops`] for `model` as prepared for training (trainability read from the leaves).
+pub fn step_flops_per_token(model: &LlamaModel, gradient_checkpointing: bool) -> StepFlops {
+    let product = |in_f: usize, out_f: usize, trains: bool| -> (f64, f64) {
+        let fwd = 2.0 * in_f as f64 * out_f as f64;
+        (fwd, fwd * if trains { 2.0 } else { 1.0 })
+    };
+    let (mut layer_fwd, mut layer_bwd) = (0.0, 0.0);
+    for (_, lin) in model.linears() {
+        let (fwd, bwd) = product(lin.in_features(), lin.out_features(), lin.weight.requires_grad());
+        layer_fwd += fwd;
+        layer_bwd += bwd;
+        if let Some(l) = &lin.lora {
+            let branch = 2.0 * l.rank() as f64 * (lin.in_features() + lin.out_features()) as f64;
+            layer_fwd += branch;
+            layer_bwd += 2.0 * branch;
+        }
+    }
+    let head = model.lm_head_weight();
+    let (head_fwd, head_bwd) = product(head.shape()[1], head.shape()[0], head.requires_grad());
+    let model_flops = layer_fwd + layer_bwd + head_fwd + head_bwd;
+    StepFlops { model: model_flops, executed: model_flops + if gradient_checkpointing { layer_fwd } else { 0.0 } }
+}
+
 /// Training-mode switches for one micro-batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainMode {
