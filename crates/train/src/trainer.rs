@@ -188,7 +188,9 @@ fn trainable_parameters_mut(model: &mut LlamaModel) -> Vec<(String, &mut Var)> {
 ///
 /// With `y = f(x; θ)` and upstream gradient `G = dL/dy`, the recomputed graph gives `dL/dx = J_x(f)^T G`,
 /// returned as this node's input gradient, while `dL/dθ = J_θ(f)^T G` accumulates straight into the trainable
-/// leaves `θ` during the inner backward. The leaves are listed as inputs (with no gradient returned) only so
+/// leaves `θ` during the inner backward. The recompute builds the graph only
+/// ([`DecoderLayer::forward_for_backward`]): the output value it would recompute is already known, so the MLP's
+/// down projection is not run again. The leaves are listed as inputs (with no gradient returned) only so
 /// the node is recorded when `x` itself needs none (LoRA: the embedding output is a constant).
 pub fn checkpointed_layer(layer: &DecoderLayer, x: &Var, ctx: &LayerContext) -> Result<Var> {
     let out = no_grad(|| layer.forward(&x.detach(), ctx))?;
@@ -200,7 +202,7 @@ pub fn checkpointed_layer(layer: &DecoderLayer, x: &Var, ctx: &LayerContext) -> 
     let (layer, ctx, x_value) = (layer.clone(), ctx.clone(), x.value().clone());
     Ok(Var::from_fn(out.value().clone(), &inputs, "checkpoint(decoder_layer)", move |g| {
         let x_in = if x_needs_grad { Var::param(x_value.clone()) } else { Var::constant(x_value.clone()) };
-        let y = layer.forward(&x_in, &ctx).map_err(|e| ferrotune_tensor::Error::Msg(e.to_string()))?;
+        let y = layer.forward_for_backward(&x_in, &ctx).map_err(|e| ferrotune_tensor::Error::Msg(e.to_string()))?;
         y.backward_with(g.clone())?;
         let mut grads: Vec<Option<Tensor>> = vec![None; n_inputs];
         grads[0] = if x_needs_grad { x_in.grad() } else { None };
