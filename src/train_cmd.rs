@@ -296,7 +296,6 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
     }
     let mut cb = PrintLogs { start: Instant::now(), max_steps: 0 };
     let eval_for_train: Option<&dyn BatchSource> = if t.do_eval || eval_steps > 0.0 { eval_src.as_ref().map(|e| e as &dyn BatchSource) } else { None };
-    let flops = trainer::step_flops_per_token(&tr.model, tr.opts.gradient_checkpointing);
     let cpu_before = process_cpu_seconds();
     let out = tr.train(&train_src, eval_for_train, &mut cb)?;
     let cpu_used = process_cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
@@ -318,11 +317,13 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
     // The arithmetic rate, to set against `ferrotune bench gemm` on the same thread count; the CPU use says how
     // much of the wall time the process actually ran (below 100% per thread on a machine shared with others).
     let cpu = cpu_used.map_or(String::new(), |s| format!("; CPU use {:.0}% of {} thread(s)", 100.0 * s / out.runtime_secs.max(1e-9), rayon::current_num_threads()));
+    let flops = trainer::training_flops(&tr.model, tr.opts.gradient_checkpointing, out.tokens, out.label_tokens);
     println!(
-        "arithmetic: {:.1} GFLOP/s executed ({:.0} MFLOP/token with checkpoint recompute; {:.0} MFLOP/token of model math){cpu}",
-        flops.executed * tps / 1e9,
-        flops.executed / 1e6,
-        flops.model / 1e6,
+        "arithmetic: {:.1} GFLOP/s executed ({:.0} MFLOP/token with checkpoint recompute, {:.0} of model math; {:.0}% of tokens labelled){cpu}",
+        flops.executed / out.runtime_secs.max(1e-9) / 1e9,
+        flops.executed / out.tokens.max(1) as f64 / 1e6,
+        flops.model / out.tokens.max(1) as f64 / 1e6,
+        100.0 * out.label_tokens as f64 / out.tokens.max(1) as f64,
     );
     Ok(())
 }

@@ -248,31 +248,37 @@ pub fn forward_hidden(model: &LlamaModel, batch: &ferrotune_models::Batch, train
     model.final_norm(&x)
 }
 
-/// Arithmetic per trained token of the GEMMs in one training step (linear layers, LoRA branches and the
-/// lm_head; attention's `QK^T` / `PV` products, about 2% at a few hundred tokens per sequence, and the
-/// elementwise ops are left out). For a product `[N, in] x [in, out]` the forward costs `2 in out` FLOPs per
-/// token, the input gradient `G W` the same again, and the weight gradient `X^T G` the same once more, paid only
-/// when the weight trains (LoRA and freeze skip it for frozen weights; a LoRA branch of rank `r` costs
-/// `2 r (in + out)` per product). With activation checkpointing every decoder layer's forward runs twice.
+/// The arithmetic of the GEMMs of a training run (linear layers, LoRA branches and the lm_head; attention's
+/// `QK^T` / `PV` products, about 2% at a few hundred tokens per sequence, and the elementwise ops are left out).
+/// For a product `[N, in] x [in, out]` the forward costs `2 in out` FLOPs per token, the input gradient `G W` the
+/// same again, and the weight gradient `X^T G` the same once more, paid only when the weight trains (LoRA and
+/// freeze skip it for frozen weights; a LoRA branch of rank `r` costs `2 r (in + out)` per product). The fused
+/// lm_head + loss runs only on tokens with a label (the prompt rows of SFT are skipped). With activation
+/// checkpointing every decoder layer's forward runs again in backward, less the MLP's down projection
+/// ([`DecoderLayer::forward_for_backward`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepFlops {
-    /// FLOPs per token of the math itself: forward, input gradients, trainable weight gradients.
+    /// FLOPs of the math itself: forward, input gradients, trainable weight gradients.
     pub model: f64,
     /// `model` plus the forward recomputed by activation checkpointing: what the CPU actually executes.
     pub executed: f64,
 }
 
-/// [`StepFlops`] for `model` as prepared for training (trainability read from the leaves).
-pub fn step_flops_per_token(model: &LlamaModel, gradient_checkpointing: bool) -> StepFlops {
+/// [`StepFlops`] of `tokens` trained tokens of which `label_tokens` carry a label, for `model` as prepared for
+/// training (trainability read from the leaves).
+pub fn training_flops(model: &LlamaModel, gradient_checkpointing: bool, tokens: u64, label_tokens: u64) -> StepFlops {
     let product = |in_f: usize, out_f: usize, trains: bool| -> (f64, f64) {
         let fwd = 2.0 * in_f as f64 * out_f as f64;
         (fwd, fwd * if trains { 2.0 } else { 1.0 })
     };
-    let (mut layer_fwd, mut layer_bwd) = (0.0, 0.0);
-    for (_, lin) in model.linears() {
+    let (mut layer_fwd, mut layer_bwd, mut down_fwd) = (0.0, 0.0, 0.0);
+    for (name, lin) in model.linears() {
         let (fwd, bwd) = product(lin.in_features(), lin.out_features(), lin.weight.requires_grad());
         layer_fwd += fwd;
         layer_bwd += bwd;
+        if name.ends_with("mlp.down_proj") {
+            down_fwd += fwd;
+        }
         if let Some(l) = &lin.lora {
             let branch = 2.0 * l.rank() as f64 * (lin.in_features() + lin.out_features()) as f64;
             layer_fwd += branch;
@@ -281,8 +287,9 @@ pub fn step_flops_per_token(model: &LlamaModel, gradient_checkpointing: bool) ->
     }
     let head = model.lm_head_weight();
     let (head_fwd, head_bwd) = product(head.shape()[1], head.shape()[0], head.requires_grad());
-    let model_flops = layer_fwd + layer_bwd + head_fwd + head_bwd;
-    StepFlops { model: model_flops, executed: model_flops + if gradient_checkpointing { layer_fwd } else { 0.0 } }
+    let model_flops = (layer_fwd + layer_bwd) * tokens as f64 + (head_fwd + head_bwd) * label_tokens as f64;
+    let recompute = if gradient_checkpointing { (layer_fwd - down_fwd) * tokens as f64 } else { 0.0 };
+    StepFlops { model: model_flops, executed: model_flops + recompute }
 }
 
 /// Training-mode switches for one micro-batch.
@@ -326,6 +333,8 @@ pub struct TrainOutput {
     pub eval_loss: Option<f64>,
     /// Tokens (all, no padding exists) seen by the forward passes of this run.
     pub tokens: u64,
+    /// Of `tokens`, those with a label (not IGNORE_INDEX): the rows the loss is computed on.
+    pub label_tokens: u64,
     pub runtime_secs: f64,
     /// Whether the run stopped early because `on_step_end` asked it to.
     pub interrupted: bool,
@@ -461,6 +470,7 @@ impl Trainer {
         let (mut tr_loss, mut total_loss) = (0.0f64, 0.0f64);
         let mut last_logged = start_step;
         let mut tokens_this_run = 0u64;
+        let mut label_tokens_this_run = 0u64;
         let mut interrupted = false;
         let mut last_eval_loss = None;
         let mut saved_at_end = false;
@@ -499,6 +509,7 @@ impl Trainer {
                     loss.backward()?;
                     step_loss += value;
                     tokens_this_run += mb.batch.len() as u64;
+                    label_tokens_this_run += mb.num_label_tokens() as u64;
                     if o.include_num_input_tokens_seen {
                         self.state.num_input_tokens_seen += mb.batch.len() as u64;
                     }
@@ -565,6 +576,7 @@ impl Trainer {
                 metrics: Vec::new(),
                 eval_loss: last_eval_loss,
                 tokens: tokens_this_run,
+                label_tokens: label_tokens_this_run,
                 runtime_secs: runtime,
                 interrupted,
             });
@@ -606,6 +618,7 @@ impl Trainer {
             metrics,
             eval_loss,
             tokens: tokens_this_run,
+            label_tokens: label_tokens_this_run,
             runtime_secs: runtime,
             interrupted,
         })
