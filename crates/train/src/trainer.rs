@@ -271,24 +271,27 @@ pub fn training_flops(model: &LlamaModel, gradient_checkpointing: bool, tokens: 
         let fwd = 2.0 * in_f as f64 * out_f as f64;
         (fwd, fwd * if trains { 2.0 } else { 1.0 })
     };
-    let (mut layer_fwd, mut layer_bwd, mut down_fwd) = (0.0, 0.0, 0.0);
-    for (name, lin) in model.linears() {
-        let (fwd, bwd) = product(lin.in_features(), lin.out_features(), lin.weight.requires_grad());
-        layer_fwd += fwd;
-        layer_bwd += bwd;
-        if name.ends_with("mlp.down_proj") {
-            down_fwd += fwd;
-        }
-        if let Some(l) = &lin.lora {
-            let branch = 2.0 * l.rank() as f64 * (lin.in_features() + lin.out_features()) as f64;
-            layer_fwd += branch;
-            layer_bwd += 2.0 * branch;
+    let (mut layer_fwd, mut layer_bwd, mut recompute_fwd) = (0.0, 0.0, 0.0);
+    // Layers below the first one with a trainable leaf (freeze) record no graph: forward only, no recompute.
+    let mut backward_reaches = model.embed_tokens.requires_grad();
+    for (i, layer) in model.layers.iter().enumerate() {
+        let linears: Vec<_> = model.linears().into_iter().filter(|(name, _)| name.starts_with(&format!("model.layers.{i}."))).collect();
+        backward_reaches |= [&layer.input_layernorm, &layer.post_attention_layernorm].iter().any(|v| v.requires_grad())
+            || linears.iter().any(|(_, lin)| lin.weight.requires_grad() || lin.lora.is_some());
+        for (name, lin) in linears {
+            let (fwd, bwd) = product(lin.in_features(), lin.out_features(), lin.weight.requires_grad());
+            let branch = lin.lora.as_ref().map_or(0.0, |l| 2.0 * l.rank() as f64 * (lin.in_features() + lin.out_features()) as f64);
+            layer_fwd += fwd + branch;
+            if backward_reaches {
+                layer_bwd += bwd + 2.0 * branch;
+                recompute_fwd += branch + if name.ends_with("mlp.down_proj") { 0.0 } else { fwd };
+            }
         }
     }
     let head = model.lm_head_weight();
     let (head_fwd, head_bwd) = product(head.shape()[1], head.shape()[0], head.requires_grad());
     let model_flops = (layer_fwd + layer_bwd) * tokens as f64 + (head_fwd + head_bwd) * label_tokens as f64;
-    let recompute = if gradient_checkpointing { (layer_fwd - down_fwd) * tokens as f64 } else { 0.0 };
+    let recompute = if gradient_checkpointing { recompute_fwd * tokens as f64 } else { 0.0 };
     StepFlops { model: model_flops, executed: model_flops + recompute }
 }
 
