@@ -361,7 +361,9 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
         }
         let mut cb = PrintLogs { start: Instant::now(), max_steps: 0 };
         let eval_for_train: Option<&dyn BatchSource> = if t.do_eval || eval_steps > 0.0 { eval_src.as_ref().map(|e| e as &dyn BatchSource) } else { None };
+        let cpu_before = process_cpu_seconds();
         let out = tr.train(&train_src, eval_for_train, &mut cb)?;
+        let cpu_used = process_cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
         if out.interrupted {
             println!(
                 "stopped at step {} on request; checkpoint-{} saved in {} (run the same command again to resume from it)",
@@ -378,12 +380,24 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
         let tps = out.tokens as f64 / out.runtime_secs.max(1e-9);
         let rss = crate::model_cmd::peak_rss_bytes().map_or("unknown".to_string(), |b| format!("{:.0} MB", b as f64 / 1e6));
         println!(
-            "trained {} steps on {} tokens in {:.1} s: {:.1} tokens/s (real tokens, no padding); peak RSS {rss}; saved to {}",
+            "trained {} steps on {} tokens in {:.1} s: {:.1} tokens/s (real tokens, no padding), {:.2} s/step; peak RSS {rss}; saved to {}",
             out.global_step,
             out.tokens,
             out.runtime_secs,
             tps,
+            out.runtime_secs / (out.global_step.max(1) as f64),
             out_dir.display()
+        );
+        // The arithmetic rate, to set against `ferrotune bench gemm` on the same thread count; the CPU use says how
+        // much of the wall time the process actually ran (below 100% per thread on a machine shared with others).
+        let cpu = cpu_used.map_or(String::new(), |s| format!("; CPU use {:.0}% of {} thread(s)", 100.0 * s / out.runtime_secs.max(1e-9), rayon::current_num_threads()));
+        let flops = trainer::training_flops(&tr.model, tr.opts.gradient_checkpointing, out.tokens, out.label_tokens);
+        println!(
+            "arithmetic: {:.1} GFLOP/s executed ({:.0} MFLOP/token with checkpoint recompute, {:.0} of model math; {:.0}% of tokens labelled){cpu}",
+            flops.executed / out.runtime_secs.max(1e-9) / 1e9,
+            flops.executed / out.tokens.max(1) as f64 / 1e6,
+            flops.model / out.tokens.max(1) as f64 / 1e6,
+            100.0 * out.label_tokens as f64 / out.tokens.max(1) as f64,
         );
     }
     if data.eval_prompts.is_none() || !(t.do_eval || t.do_predict) {
@@ -410,4 +424,15 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
             .map_err(|e| ferrotune_models::Error::msg(format!("{}: cannot write {split}_results.json: {e}", out_dir.display())))?;
     }
     Ok(())
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, clock ticks at the usual 100 Hz);
+/// `None` elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14 and stime 15 (1-based).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }

@@ -188,7 +188,9 @@ fn trainable_parameters_mut(model: &mut LlamaModel) -> Vec<(String, &mut Var)> {
 ///
 /// With `y = f(x; θ)` and upstream gradient `G = dL/dy`, the recomputed graph gives `dL/dx = J_x(f)^T G`,
 /// returned as this node's input gradient, while `dL/dθ = J_θ(f)^T G` accumulates straight into the trainable
-/// leaves `θ` during the inner backward. The leaves are listed as inputs (with no gradient returned) only so
+/// leaves `θ` during the inner backward. The recompute builds the graph only
+/// ([`DecoderLayer::forward_for_backward`]): the output value it would recompute is already known, so the MLP's
+/// down projection is not run again. The leaves are listed as inputs (with no gradient returned) only so
 /// the node is recorded when `x` itself needs none (LoRA: the embedding output is a constant).
 pub fn checkpointed_layer(layer: &DecoderLayer, x: &Var, ctx: &LayerContext) -> Result<Var> {
     let out = no_grad(|| layer.forward(&x.detach(), ctx))?;
@@ -200,7 +202,7 @@ pub fn checkpointed_layer(layer: &DecoderLayer, x: &Var, ctx: &LayerContext) -> 
     let (layer, ctx, x_value) = (layer.clone(), ctx.clone(), x.value().clone());
     Ok(Var::from_fn(out.value().clone(), &inputs, "checkpoint(decoder_layer)", move |g| {
         let x_in = if x_needs_grad { Var::param(x_value.clone()) } else { Var::constant(x_value.clone()) };
-        let y = layer.forward(&x_in, &ctx).map_err(|e| ferrotune_tensor::Error::Msg(e.to_string()))?;
+        let y = layer.forward_for_backward(&x_in, &ctx).map_err(|e| ferrotune_tensor::Error::Msg(e.to_string()))?;
         y.backward_with(g.clone())?;
         let mut grads: Vec<Option<Tensor>> = vec![None; n_inputs];
         grads[0] = if x_needs_grad { x_in.grad() } else { None };
@@ -246,6 +248,53 @@ pub fn forward_hidden(model: &LlamaModel, batch: &ferrotune_models::Batch, train
     model.final_norm(&x)
 }
 
+/// The arithmetic of the GEMMs of a training run (linear layers, LoRA branches and the lm_head; attention's
+/// `QK^T` / `PV` products, about 2% at a few hundred tokens per sequence, and the elementwise ops are left out).
+/// For a product `[N, in] x [in, out]` the forward costs `2 in out` FLOPs per token, the input gradient `G W` the
+/// same again, and the weight gradient `X^T G` the same once more, paid only when the weight trains (LoRA and
+/// freeze skip it for frozen weights; a LoRA branch of rank `r` costs `2 r (in + out)` per product). The fused
+/// lm_head + loss runs only on tokens with a label (the prompt rows of SFT are skipped). With activation
+/// checkpointing every decoder layer's forward runs again in backward, less the MLP's down projection
+/// ([`DecoderLayer::forward_for_backward`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepFlops {
+    /// FLOPs of the math itself: forward, input gradients, trainable weight gradients.
+    pub model: f64,
+    /// `model` plus the forward recomputed by activation checkpointing: what the CPU actually executes.
+    pub executed: f64,
+}
+
+/// [`StepFlops`] of `tokens` trained tokens of which `label_tokens` carry a label, for `model` as prepared for
+/// training (trainability read from the leaves).
+pub fn training_flops(model: &LlamaModel, gradient_checkpointing: bool, tokens: u64, label_tokens: u64) -> StepFlops {
+    let product = |in_f: usize, out_f: usize, trains: bool| -> (f64, f64) {
+        let fwd = 2.0 * in_f as f64 * out_f as f64;
+        (fwd, fwd * if trains { 2.0 } else { 1.0 })
+    };
+    let (mut layer_fwd, mut layer_bwd, mut recompute_fwd) = (0.0, 0.0, 0.0);
+    // Layers below the first one with a trainable leaf (freeze) record no graph: forward only, no recompute.
+    let mut backward_reaches = model.embed_tokens.requires_grad();
+    for (i, layer) in model.layers.iter().enumerate() {
+        let linears: Vec<_> = model.linears().into_iter().filter(|(name, _)| name.starts_with(&format!("model.layers.{i}."))).collect();
+        backward_reaches |= [&layer.input_layernorm, &layer.post_attention_layernorm].iter().any(|v| v.requires_grad())
+            || linears.iter().any(|(_, lin)| lin.weight.requires_grad() || lin.lora.is_some());
+        for (name, lin) in linears {
+            let (fwd, bwd) = product(lin.in_features(), lin.out_features(), lin.weight.requires_grad());
+            let branch = lin.lora.as_ref().map_or(0.0, |l| 2.0 * l.rank() as f64 * (lin.in_features() + lin.out_features()) as f64);
+            layer_fwd += fwd + branch;
+            if backward_reaches {
+                layer_bwd += bwd + 2.0 * branch;
+                recompute_fwd += branch + if name.ends_with("mlp.down_proj") { 0.0 } else { fwd };
+            }
+        }
+    }
+    let head = model.lm_head_weight();
+    let (head_fwd, head_bwd) = product(head.shape()[1], head.shape()[0], head.requires_grad());
+    let model_flops = (layer_fwd + layer_bwd) * tokens as f64 + (head_fwd + head_bwd) * label_tokens as f64;
+    let recompute = if gradient_checkpointing { recompute_fwd * tokens as f64 } else { 0.0 };
+    StepFlops { model: model_flops, executed: model_flops + recompute }
+}
+
 /// Training-mode switches for one micro-batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainMode {
@@ -287,6 +336,8 @@ pub struct TrainOutput {
     pub eval_loss: Option<f64>,
     /// Tokens (all, no padding exists) seen by the forward passes of this run.
     pub tokens: u64,
+    /// Of `tokens`, those with a label (not IGNORE_INDEX): the rows the loss is computed on.
+    pub label_tokens: u64,
     pub runtime_secs: f64,
     /// Whether the run stopped early because `on_step_end` asked it to.
     pub interrupted: bool,
@@ -428,6 +479,7 @@ impl Trainer {
         let (mut tr_loss, mut total_loss) = (0.0f64, 0.0f64);
         let mut last_logged = start_step;
         let mut tokens_this_run = 0u64;
+        let mut label_tokens_this_run = 0u64;
         let mut interrupted = false;
         let mut last_eval_loss = None;
         let mut saved_at_end = false;
@@ -466,6 +518,7 @@ impl Trainer {
                     loss.backward()?;
                     step_loss += value;
                     tokens_this_run += mb.batch.len() as u64;
+                    label_tokens_this_run += mb.num_label_tokens() as u64;
                     if o.include_num_input_tokens_seen {
                         self.state.num_input_tokens_seen += mb.batch.len() as u64;
                     }
@@ -535,6 +588,7 @@ impl Trainer {
                 metrics: Vec::new(),
                 eval_loss: last_eval_loss,
                 tokens: tokens_this_run,
+                label_tokens: label_tokens_this_run,
                 runtime_secs: runtime,
                 interrupted,
             });
@@ -576,6 +630,7 @@ impl Trainer {
             metrics,
             eval_loss,
             tokens: tokens_this_run,
+            label_tokens: label_tokens_this_run,
             runtime_secs: runtime,
             interrupted,
         })

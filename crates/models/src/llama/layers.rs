@@ -75,17 +75,50 @@ impl Linear {
         if let Some(b) = &self.bias {
             y = y.add(&in_dtype(b, y.value().dtype())?)?;
         }
-        let Some(lora) = &self.lora else { return Ok(y) };
+        if self.lora.is_none() {
+            return Ok(y);
+        }
+        let dtype = y.value().dtype();
+        Ok(y.add(&self.lora_branch(x, dropout_seed, dtype)?)?)
+    }
+
+    /// The LoRA term `scaling * (dropout(x) Aᵀ) Bᵀ` (call only with a branch attached).
+    fn lora_branch(&self, x: &Var, dropout_seed: Option<u64>, dtype: DType) -> Result<Var> {
+        let Some(lora) = &self.lora else { return Err(crate::Error::msg("lora_branch: no LoRA branch attached")) };
         let dropped = match dropout_seed {
-            Some(seed) if lora.dropout > 0.0 => {
-                x.dropout(lora.dropout, ferrotune_tensor::rng::mix64(seed ^ lora.dropout_salt))?
-            }
+            Some(seed) if lora.dropout > 0.0 => x.dropout(lora.dropout, ferrotune_tensor::rng::mix64(seed ^ lora.dropout_salt))?,
             _ => x.clone(),
         };
-        let dtype = y.value().dtype();
-        let down = dropped.matmul(&in_dtype(&lora.a, dtype)?.t()?)?;
-        let up = down.matmul(&in_dtype(&lora.b, dtype)?.t()?)?.scale(lora.scaling)?;
-        Ok(y.add(&up)?)
+        // `scaling` multiplies the rank-r intermediate `[N, r]` rather than the `[N, out]` product: the same
+        // math for r times fewer multiplications (and one pass over the output fewer).
+        let down = dropped.matmul(&in_dtype(&lora.a, dtype)?.t()?)?.scale(lora.scaling)?;
+        Ok(down.matmul(&in_dtype(&lora.b, dtype)?.t()?)?)
+    }
+
+    /// [`Linear::forward_with_dropout`]'s graph without its value, for a backward pass that re-runs a forward
+    /// only to backpropagate (activation checkpointing). The base product `x Wᵀ` is skipped (its node holds a
+    /// zero view that takes no memory) but backpropagates exactly as the matmul it stands for: `dx = G W`,
+    /// `dW = (xᵀ G)ᵀ` when `W` trains; bias and LoRA branch are built as usual. Only for outputs whose value
+    /// nothing reads: the returned value is wrong on purpose.
+    pub fn forward_without_value(&self, x: &Var, dropout_seed: Option<u64>) -> Result<Var> {
+        let wt = self.weight.t()?;
+        let (xv, wtv) = (x.value().clone(), wt.value().clone());
+        let (rx, rw) = (x.requires_grad(), wt.requires_grad());
+        let dtype = xv.dtype();
+        let placeholder = Tensor::zeros(&[1, 1], dtype, xv.device())?.broadcast_as(&[x.shape()[0], self.out_features()])?;
+        // The backward of `Var::matmul` for a 2-D product, term for term, so the gradients are bit-identical.
+        let mut y = Var::from_fn(placeholder, &[x, &wt], "matmul(value skipped)", move |g| {
+            let gx = if rx { Some(g.matmul(&wtv.t()?)?.to_dtype(xv.dtype())?) } else { None };
+            let gw = if rw { Some(xv.t()?.matmul(g)?.to_dtype(wtv.dtype())?) } else { None };
+            Ok(vec![gx, gw])
+        });
+        if let Some(b) = &self.bias {
+            y = y.add(&in_dtype(b, dtype)?)?;
+        }
+        match &self.lora {
+            None => Ok(y),
+            Some(_) => Ok(y.add(&self.lora_branch(x, dropout_seed, dtype)?)?),
+        }
     }
 
     /// Fold the LoRA branch into the weight (`W += scaling B A`, PEFT's `merge_and_unload`) and drop it. The

@@ -127,6 +127,18 @@ impl DecoderLayer {
     /// One pre-norm layer on the residual stream `x [N, hidden]`:
     /// `x + o(attn(RoPE(q(n1 x)), RoPE(k(n1 x)), v(n1 x)))`, then `x + down(silu(gate(n2 x)) * up(n2 x))`.
     pub fn forward(&self, x: &Var, ctx: &LayerContext) -> Result<Var> {
+        self.forward_graph(x, ctx, true)
+    }
+
+    /// The graph of [`DecoderLayer::forward`] for backpropagation only (activation checkpointing's recompute,
+    /// where the output's value is already known): the MLP's down projection, whose product feeds nothing but
+    /// that value, is left out (a quarter of the layer's GEMM work; see [`Linear::forward_without_value`]).
+    /// The gradients are the same, bit for bit; the returned value is not the layer's output.
+    pub fn forward_for_backward(&self, x: &Var, ctx: &LayerContext) -> Result<Var> {
+        self.forward_graph(x, ctx, false)
+    }
+
+    fn forward_graph(&self, x: &Var, ctx: &LayerContext, output_value_needed: bool) -> Result<Var> {
         let (n, hq, hkv, d) = (ctx.tokens, ctx.heads, ctx.kv_heads, ctx.head_dim);
         let a = &self.self_attn;
         let seed = ctx.dropout_seed;
@@ -139,7 +151,12 @@ impl DecoderLayer {
         let m = &self.mlp;
         let h = x.rms_norm(&self.post_attention_layernorm, ctx.rms_norm_eps)?;
         let gated = m.gate_proj.forward_with_dropout(&h, seed)?.swiglu(&m.up_proj.forward_with_dropout(&h, seed)?)?;
-        Ok(x.add(&m.down_proj.forward_with_dropout(&gated, seed)?)?)
+        let down = if output_value_needed {
+            m.down_proj.forward_with_dropout(&gated, seed)?
+        } else {
+            m.down_proj.forward_without_value(&gated, seed)?
+        };
+        Ok(x.add(&down)?)
     }
 }
 

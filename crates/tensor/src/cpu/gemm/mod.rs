@@ -17,6 +17,8 @@
 //!   micro-panel (`MR x KC`) of an `MC`-row block sweeps across it; packed A for one k block is shared by the
 //!   threads.
 //! - **Matrix-vector products** (`gemv`, m == 1 or n == 1) skip packing: each input is used once.
+//! - **Skinny products** (`skinny`, f32, 2 to 16 rows or columns of C: LoRA's rank-r branches) skip packing
+//!   the large operand, which they read once.
 //! - **Threads**: the n dimension is cut into NR-aligned column blocks (the m dimension too when n is narrow),
 //!   one rayon task each; each task packs its own B block into its own L2.
 //!
@@ -32,6 +34,7 @@ mod kernel_avx2;
 mod kernel_avx512;
 mod kernel_generic;
 mod pack;
+mod skinny;
 #[cfg(target_arch = "x86_64")]
 mod pack_avx512;
 #[cfg(test)]
@@ -274,6 +277,10 @@ pub fn sgemm_with_kernel<A: GemmInput, B: GemmInput>(
     c: MatMut<f32>,
 ) {
     check_dims(&a, &b, &c);
+    let mut c = c;
+    if skinny::try_skinny(kernel, alpha, &a, &b, beta, &mut c) {
+        return;
+    }
     driver::gemm(&f32_kernel(kernel), alpha, a, b, beta, c);
 }
 
