@@ -24,6 +24,10 @@ const KERNEL_RANK: usize = 6;
 /// kernels/elementwise.cu `ft_pointwise` op codes after the UnaryOp variants.
 const POINTWISE_AFFINE: i32 = 15;
 const POINTWISE_POWF: i32 = 16;
+/// Output tile edge of the gemm_tiled kernels (kernels/elementwise.cu FT_GEMM_TILE).
+const GEMM_TILE: usize = 16;
+/// CUDA's limit on gridDim.z, where gemm_tiled puts the batch.
+const GRID_Z_MAX: usize = 65535;
 
 /// The error of `op` on `Device::Cuda` where the backend cannot run it: on the host emulation, that the op is
 /// not wired yet; otherwise why CUDA is off.
@@ -254,13 +258,14 @@ impl BackendStorage for CudaStorage {
     fn copy_strided(&self, layout: &Layout) -> Result<Self> {
         self.contiguous(layout)
     }
-    /// Sum and max: the reduced dims are moved last by a strided copy, then one block per output element
+    /// Sum and max (min through max): the reduced dims are moved last by a strided copy, then one block per output element
     /// reduces its row in f32 (reduce_rows); bf16 results are rounded back once.
     fn reduce(&self, layout: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
         let op_code: i32 = match op {
             ReduceOp::Sum => 0,
             ReduceOp::Max => 1,
-            ReduceOp::Min => return not_wired("reduce min"),
+            // min(x) = -max(-x): both negations are exact.
+            ReduceOp::Min => return self.unary(layout, UnaryOp::Neg)?.reduce(&Layout::contiguous(layout.shape()), dims, ReduceOp::Max)?.pointwise(UnaryOp::Neg as i32, 0.0, 0.0),
         };
         let suffix = kernel_dtype("reduce", self.dtype())?;
         let rank = layout.rank();
@@ -325,8 +330,48 @@ impl BackendStorage for CudaStorage {
         unsafe { self.target.launch(&format!("binary_{suffix}"), grid_for(n), &mut args)? };
         Ok(self.with_buffer(out))
     }
-    fn matmul(&self, _: &Layout, _: &Self, _: &Layout, _: MatmulDims) -> Result<Self> {
-        not_wired("matmul")
+    /// Both operands are gathered to contiguous `[batch, m, k]` / `[batch, k, n]` (or `[k, n]`) buffers (transposed and
+    /// broadcast views included), then the tiled GEMM kernel runs; cuBLASLt is for the GPU target.
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, dims: MatmulDims) -> Result<Self> {
+        if self.dtype() != rhs.dtype() {
+            return Err(Error::DTypeMismatch { op: "matmul", lhs: self.dtype(), rhs: rhs.dtype() });
+        }
+        let suffix = kernel_dtype("matmul", self.dtype())?;
+        let MatmulDims { batch, m, n, k } = dims;
+        if batch > GRID_Z_MAX {
+            return Err(Error::BadShape { op: "matmul", msg: format!("device cuda runs at most {GRID_Z_MAX} products in one batch, got {batch}") });
+        }
+        let (a, b) = (self.contiguous(layout)?, rhs.contiguous(rhs_layout)?);
+        let out = CpuStorage::zeros(batch * m * n, self.dtype());
+        if batch * m * n == 0 {
+            return Ok(self.with_buffer(out));
+        }
+        if k == 0 {
+            return Ok(self.with_buffer(out)); // empty sums: zeros, as the CPU backend returns
+        }
+        let (mut pa, mut pb, mut pc) = (buffer_ptr("matmul", &a.buffer)?, buffer_ptr("matmul", &b.buffer)?, buffer_ptr("matmul", &out)?);
+        // A rank-2 rhs (a weight) is shared by every product of the batch.
+        let b_batch_stride = if rhs_layout.rank() == 2 { 0 } else { (k * n) as i64 };
+        let (mut m64, mut n64, mut k64, mut b_stride) = (m as i64, n as i64, k as i64, b_batch_stride);
+        let mut args = [
+            &mut pa as *mut _ as *mut c_void,
+            &mut pb as *mut _ as *mut c_void,
+            &mut pc as *mut _ as *mut c_void,
+            &mut m64 as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut k64 as *mut _ as *mut c_void,
+            &mut b_stride as *mut _ as *mut c_void,
+        ];
+        let tiles = |x: usize| x.div_ceil(GEMM_TILE) as u32;
+        let config = LaunchConfig {
+            grid: [tiles(n), tiles(m), batch as u32],
+            block: [GEMM_TILE as u32, GEMM_TILE as u32, 1],
+            dynamic_shared: 0,
+        };
+        // SAFETY: gemm_tiled_T(const T* a, const T* b, T* c, int64_t m, int64_t n, int64_t k, int64_t
+        // b_batch_stride); a holds batch*m*k, b batch*k*n (k*n when shared) and c batch*m*n elements.
+        unsafe { self.target.launch(&format!("gemm_tiled_{suffix}"), config, &mut args)? };
+        Ok(self.with_buffer(out))
     }
     fn index_select(&self, _: &Layout, _: &Self, _: &Layout) -> Result<Self> {
         not_wired("index_select")
