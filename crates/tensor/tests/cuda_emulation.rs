@@ -152,12 +152,36 @@ fn matmuls_match_the_cpu() {
 }
 
 #[test]
+fn embedding_lookup_and_gradient_match_the_cpu() {
+    emulate();
+    let table = randn(10, &[11, 24]);
+    let ids = Tensor::from_vec(vec![3i64, 0, 10, 3, 7, 3, 1, 9], &[2, 4]).unwrap();
+    let gids = ids.to_device(CUDA).unwrap();
+    let grad = randn(11, &[2, 4, 24]);
+    for dtype in [DType::F32, DType::BF16] {
+        let (table, grad) = (table.to_dtype(dtype).unwrap(), grad.to_dtype(dtype).unwrap());
+        let gtable = table.to_device(CUDA).unwrap();
+        assert_close(&format!("index_select {dtype}"), &gtable.index_select(&gids).unwrap(), &table.index_select(&ids).unwrap(), 0.0);
+        // Repeated ids sum in f32 atomics on the device, in id order on the CPU: f32 rounding of a 3-term sum
+        // (1e-6), then for bf16 one rounding to bf16 of sums that may straddle a boundary (8e-3).
+        let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+        let got = grad.to_device(CUDA).unwrap().index_add_rows(&gids, 11).unwrap();
+        assert_close(&format!("index_add {dtype}"), &got, &grad.index_add_rows(&ids, 11).unwrap(), tol);
+    }
+    let bad = Tensor::from_vec(vec![2i64, 11], &[2]).unwrap().to_device(CUDA).unwrap();
+    match table.to_device(CUDA).unwrap().index_select(&bad) {
+        Err(Error::IndexOutOfRange { op: "index_select", index: 11, size: 11 }) => {}
+        other => panic!("expected index_select's IndexOutOfRange for id 11, got {other:?}"),
+    }
+}
+
+#[test]
 fn unwired_ops_name_themselves() {
     emulate();
     let gpu = randn(5, &[2, 2]).to_device(CUDA).unwrap();
     let fused = ferrotune_tensor::ops::rms_norm(&gpu, &gpu.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(), 1e-6);
-    let ids = Tensor::from_vec(vec![1i64], &[1]).unwrap().to_device(CUDA).unwrap();
-    for (op, result) in [("index_select", gpu.index_select(&ids)), ("index_add", gpu.index_add_rows(&ids, 3)), ("rms_norm", fused)] {
+    let swiglu = ferrotune_tensor::ops::swiglu(&gpu, &gpu);
+    for (op, result) in [("rms_norm", fused), ("swiglu", swiglu)] {
         match result {
             Err(Error::CudaUnavailable(msg)) => assert!(msg.contains(op), "{op}: {msg}"),
             other => panic!("{op}: expected a CudaUnavailable error naming the op, got {other:?}"),

@@ -373,10 +373,89 @@ impl BackendStorage for CudaStorage {
         unsafe { self.target.launch(&format!("gemm_tiled_{suffix}"), config, &mut args)? };
         Ok(self.with_buffer(out))
     }
-    fn index_select(&self, _: &Layout, _: &Self, _: &Layout) -> Result<Self> {
-        not_wired("index_select")
+    fn index_select(&self, layout: &Layout, ids: &Self, ids_layout: &Layout) -> Result<Self> {
+        if layout.rank() != 2 {
+            return Err(Error::BadShape { op: "index_select", msg: format!("table must be 2-D, got {:?}", layout.shape()) });
+        }
+        let (rows, cols) = (layout.shape()[0], layout.shape()[1]);
+        let table = self.contiguous(layout)?;
+        let out = CpuStorage::zeros(ids_layout.elem_count() * cols, self.dtype());
+        self.embedding("index_select", "embedding_forward", &table.buffer, ids, ids_layout, &out, rows, cols)?;
+        Ok(self.with_buffer(out))
     }
-    fn index_add(&self, _: &Layout, _: &Self, _: &Layout, _: usize) -> Result<Self> {
-        not_wired("index_add")
+    /// Accumulates in f32 (atomics) and rounds back once to the source dtype, as the CPU backend does.
+    fn index_add(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, rows: usize) -> Result<Self> {
+        let n_ids = ids_layout.elem_count();
+        let cols = layout.shape().last().copied().unwrap_or(1);
+        if layout.elem_count() != n_ids * cols {
+            return Err(Error::BadShape {
+                op: "index_add",
+                msg: format!("source {:?} does not hold one row per id ({n_ids} ids)", layout.shape()),
+            });
+        }
+        let src = self.contiguous(layout)?;
+        let out = CudaStorage::zeros(self.ordinal, rows * cols, DType::F32)?;
+        self.embedding("index_add", "embedding_backward", &src.buffer, ids, ids_layout, &out.buffer, rows, cols)?;
+        out.cast(self.dtype())
+    }
+}
+
+impl CudaStorage {
+    /// Launch `{kernel}_{dtype}(const T* src, const int64_t* ids, out, n_ids, rows, cols, int* bad_id)`; ids
+    /// outside `[0, rows)` come back as `IndexOutOfRange` naming `op` and the first such id.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        src: &CpuStorage,
+        ids: &CudaStorage,
+        ids_layout: &Layout,
+        out: &CpuStorage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let suffix = kernel_dtype(op, self.dtype())?;
+        let id_slice = match (&ids.buffer, ids_layout.contiguous_range()) {
+            (CpuStorage::I64(v), Some(range)) => &v[range],
+            (CpuStorage::I64(_), None) => {
+                return Err(Error::Msg(format!("{op}: ids on device cuda must be contiguous; call contiguous() first")))
+            }
+            (other, _) => return Err(Error::UnsupportedDType { op, dtype: other.dtype() }),
+        };
+        let n_ids = id_slice.len();
+        if n_ids == 0 || cols == 0 {
+            return Ok(());
+        }
+        let mut bad = vec![0i32; 1];
+        let (mut psrc, mut pids, mut pout, mut pbad) = (
+            buffer_ptr(op, src)?,
+            id_slice.as_ptr() as *mut c_void,
+            match out {
+                CpuStorage::F32(v) => v.as_ptr() as *mut c_void,
+                other => buffer_ptr(op, other)?,
+            },
+            bad.as_mut_ptr() as *mut c_void,
+        );
+        let (mut n64, mut rows64, mut cols64) = (n_ids as i64, rows as i64, cols as i64);
+        let mut args = [
+            &mut psrc as *mut _ as *mut c_void,
+            &mut pids as *mut _ as *mut c_void,
+            &mut pout as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut rows64 as *mut _ as *mut c_void,
+            &mut cols64 as *mut _ as *mut c_void,
+            &mut pbad as *mut _ as *mut c_void,
+        ];
+        let config = LaunchConfig::linear(n_ids.min(MAX_BLOCKS) as u32, 128);
+        // SAFETY: the embedding kernels' parameter lists (kernels/embedding.cu); src holds n_ids (backward) or
+        // rows (forward) rows of `cols`, out the other, ids n_ids int64s, bad one int.
+        unsafe { self.target.launch(&format!("{kernel}_{suffix}"), config, &mut args)? };
+        if bad[0] != 0 {
+            // Error path only: read the ids back to name the first bad one, as the CPU backend does.
+            let index = id_slice.iter().copied().find(|&i| i < 0 || i as usize >= rows).unwrap_or(-1);
+            return Err(Error::IndexOutOfRange { op, index, size: rows });
+        }
+        Ok(())
     }
 }
