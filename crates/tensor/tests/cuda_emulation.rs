@@ -175,13 +175,32 @@ fn embedding_lookup_and_gradient_match_the_cpu() {
     }
 }
 
+/// SwiGLU: f32 math on both sides; libm expf vs. the kernel's `__expf` (exact on the host emulation, an ulp or two
+/// on a GPU): 1e-6 relative in f32, one bf16 ulp (8e-3) in bf16.
+#[test]
+fn swiglu_forward_and_backward_match_the_cpu() {
+    emulate();
+    let (gate, up, grad) = (randn(12, &[3, 40]), randn(13, &[3, 40]), randn(14, &[3, 40]));
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+        let [gate, up, grad] = [&gate, &up, &grad].map(|t| t.to_dtype(dtype).unwrap());
+        let [gg, gu, gd] = [&gate, &up, &grad].map(|t| t.to_device(CUDA).unwrap());
+        let want = ferrotune_tensor::ops::swiglu(&gate, &up).unwrap();
+        assert_close(&format!("swiglu {dtype}"), &ferrotune_tensor::ops::swiglu(&gg, &gu).unwrap(), &want, tol);
+        let (want_g, want_u) = ferrotune_tensor::ops::swiglu_backward(&gate, &up, &grad).unwrap();
+        let (got_g, got_u) = ferrotune_tensor::ops::swiglu_backward(&gg, &gu, &gd).unwrap();
+        assert_close(&format!("swiglu d gate {dtype}"), &got_g, &want_g, tol);
+        assert_close(&format!("swiglu d up {dtype}"), &got_u, &want_u, tol);
+    }
+}
+
 #[test]
 fn unwired_ops_name_themselves() {
     emulate();
     let gpu = randn(5, &[2, 2]).to_device(CUDA).unwrap();
     let fused = ferrotune_tensor::ops::rms_norm(&gpu, &gpu.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(), 1e-6);
-    let swiglu = ferrotune_tensor::ops::swiglu(&gpu, &gpu);
-    for (op, result) in [("rms_norm", fused), ("swiglu", swiglu)] {
+    let softmax = ferrotune_tensor::ops::softmax_last(&gpu);
+    for (op, result) in [("rms_norm", fused), ("softmax", softmax)] {
         match result {
             Err(Error::CudaUnavailable(msg)) => assert!(msg.contains(op), "{op}: {msg}"),
             other => panic!("{op}: expected a CudaUnavailable error naming the op, got {other:?}"),

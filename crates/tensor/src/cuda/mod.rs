@@ -401,6 +401,39 @@ impl BackendStorage for CudaStorage {
 }
 
 impl CudaStorage {
+    /// A fused elementwise kernel `{kernel}_{dtype}(const T* in.., T* out.., int64_t n)` (swiglu's): the inputs,
+    /// of one dtype and element count, are gathered contiguous; returns `outputs` fresh buffers of that dtype.
+    pub(crate) fn fused_elementwise(
+        op: &'static str,
+        kernel: &str,
+        inputs: &[(&CudaStorage, &Layout)],
+        outputs: usize,
+    ) -> Result<Vec<CudaStorage>> {
+        let first = inputs[0].0;
+        let n = inputs[0].1.elem_count();
+        for (storage, layout) in inputs {
+            if storage.dtype() != first.dtype() {
+                return Err(Error::DTypeMismatch { op, lhs: first.dtype(), rhs: storage.dtype() });
+            }
+            if layout.elem_count() != n {
+                return Err(Error::ShapeMismatch { op, lhs: inputs[0].1.shape().to_vec(), rhs: layout.shape().to_vec() });
+            }
+        }
+        let suffix = kernel_dtype(op, first.dtype())?;
+        let gathered = inputs.iter().map(|(s, l)| s.contiguous(l)).collect::<Result<Vec<_>>>()?;
+        let outs: Vec<CudaStorage> = (0..outputs).map(|_| first.with_buffer(CpuStorage::zeros(n, first.dtype()))).collect();
+        if n == 0 {
+            return Ok(outs);
+        }
+        let mut pointers = gathered.iter().chain(&outs).map(|s| buffer_ptr(op, &s.buffer)).collect::<Result<Vec<_>>>()?;
+        let mut n64 = n as i64;
+        let mut args: Vec<*mut c_void> = pointers.iter_mut().map(|p| p as *mut _ as *mut c_void).collect();
+        args.push(&mut n64 as *mut _ as *mut c_void);
+        // SAFETY: the kernel takes the inputs, then the outputs, then n; every buffer holds n elements.
+        unsafe { first.target.launch(&format!("{kernel}_{suffix}"), grid_for(n), &mut args)? };
+        Ok(outs)
+    }
+
     /// Launch `{kernel}_{dtype}(const T* src, const int64_t* ids, out, n_ids, rows, cols, int* bad_id)`; ids
     /// outside `[0, rows)` come back as `IndexOutOfRange` naming `op` and the first such id.
     #[allow(clippy::too_many_arguments)]
