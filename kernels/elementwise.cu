@@ -125,3 +125,38 @@ FT_KERNEL void binary_f32(const float* lhs, const float* rhs, float* out, int64_
 FT_EXPORT(binary_f32)
 FT_KERNEL void binary_bf16(const bf16* lhs, const bf16* rhs, bf16* out, int64_t n, int op) { binary_impl(lhs, rhs, out, n, op); }
 FT_EXPORT(binary_bf16)
+
+// Batched C[b] = A[b] x B[b] for contiguous row-major A [batch, m, k], B [batch, k, n] (or one [k, n] shared by
+// every batch: b_batch_stride 0 instead of k * n), C [batch, m, n]; f32 accumulation. The backend's matmul on
+// targets without cuBLASLt (the host emulation): 16x16 output tiles, one thread per output element, k walked in
+// 16-wide tiles staged in shared memory. Grid: (ceil(n/16), ceil(m/16), batch), block (16, 16).
+#define FT_GEMM_TILE 16
+template <typename T>
+FT_DEVICE void gemm_tiled_impl(const T* a, const T* b, T* c, int64_t m, int64_t n, int64_t k, int64_t b_batch_stride) {
+    __shared__ float a_tile[FT_GEMM_TILE][FT_GEMM_TILE];
+    __shared__ float b_tile[FT_GEMM_TILE][FT_GEMM_TILE + 1];
+    const int64_t batch = blockIdx.z;
+    a += batch * m * k;
+    b += batch * b_batch_stride;
+    c += batch * m * n;
+    const int64_t row = blockIdx.y * (int64_t)FT_GEMM_TILE + threadIdx.y;
+    const int64_t col = blockIdx.x * (int64_t)FT_GEMM_TILE + threadIdx.x;
+    float acc = 0.f;
+    for (int64_t k0 = 0; k0 < k; k0 += FT_GEMM_TILE) {
+        int64_t ka = k0 + threadIdx.x, kb = k0 + threadIdx.y;
+        a_tile[threadIdx.y][threadIdx.x] = row < m && ka < k ? ft_to_float(a[row * k + ka]) : 0.f;
+        b_tile[threadIdx.y][threadIdx.x] = kb < k && col < n ? ft_to_float(b[kb * n + col]) : 0.f;
+        __syncthreads();
+        for (int kk = 0; kk < FT_GEMM_TILE; ++kk) acc += a_tile[threadIdx.y][kk] * b_tile[kk][threadIdx.x];
+        __syncthreads();
+    }
+    if (row < m && col < n) c[row * n + col] = ft_from_float<T>(acc);
+}
+FT_KERNEL void gemm_tiled_f32(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, int64_t b_batch_stride) {
+    gemm_tiled_impl(a, b, c, m, n, k, b_batch_stride);
+}
+FT_EXPORT(gemm_tiled_f32)
+FT_KERNEL void gemm_tiled_bf16(const bf16* a, const bf16* b, bf16* c, int64_t m, int64_t n, int64_t k, int64_t b_batch_stride) {
+    gemm_tiled_impl(a, b, c, m, n, k, b_batch_stride);
+}
+FT_EXPORT(gemm_tiled_bf16)

@@ -219,6 +219,26 @@ fn pointwise_unary_affine_powf_and_binary() {
 }
 
 #[test]
+fn tiled_gemm_batched_and_shared_rhs() {
+    // Sizes off the 16-wide tile grid on every axis.
+    let (batch, m, n, k) = (2usize, 19usize, 23usize, 37usize);
+    let (mut a, mut b) = (normal(4, batch * m * k, 1.0), normal(5, batch * k * n, 1.0));
+    let config = LaunchConfig { grid: [2, 2, batch as u32], block: [16, 16, 1], dynamic_shared: 0 };
+    let mut c = vec![0f32; batch * m * n];
+    let dims = |p: Params| p.val(m as i64).val(n as i64).val(k as i64);
+    dims(Params::default().buf(&mut a).buf(&mut b).buf(&mut c)).val((k * n) as i64).launch("gemm_tiled_f32", config);
+    assert_close("gemm batched", &f64s(&c), &t(a.clone(), &[batch, m, k]).matmul(&t(b.clone(), &[batch, k, n])).unwrap(), F32_TOL);
+    // One [k, n] rhs shared by the batch (a weight).
+    dims(Params::default().buf(&mut a).buf(&mut b).buf(&mut c)).val(0i64).launch("gemm_tiled_f32", config);
+    let shared = t(b[..k * n].to_vec(), &[k, n]);
+    assert_close("gemm shared rhs", &f64s(&c), &t(a.clone(), &[batch, m, k]).matmul(&shared).unwrap(), F32_TOL);
+    let (mut ab, mut bb, mut cb) = (to_bf16(&a), to_bf16(&b), vec![bf16::ZERO; batch * m * n]);
+    dims(Params::default().buf(&mut ab).buf(&mut bb).buf(&mut cb)).val((k * n) as i64).launch("gemm_tiled_bf16", config);
+    let want = t(ab.clone(), &[batch, m, k]).matmul(&t(bb.clone(), &[batch, k, n])).unwrap().to_dtype(DType::F32).unwrap();
+    assert_close("gemm bf16", &bf16s_f64(&cb), &want, BF16_TOL);
+}
+
+#[test]
 fn embedding_forward_and_backward() {
     let (rows, cols) = (11usize, 40usize);
     let mut table = normal(3, rows * cols, 1.0);

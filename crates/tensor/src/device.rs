@@ -6,7 +6,8 @@ use std::fmt;
 pub enum Device {
     #[default]
     Cpu,
-    /// An NVIDIA GPU by ordinal. Until the CUDA backend lands every op on it returns `Error::CudaUnavailable`.
+    /// An NVIDIA GPU by ordinal. Runs on the host emulation of the kernels with `FERROTUNE_CUDA_EMULATE=1`; otherwise
+    /// (until the GPU target lands) every op on it returns `Error::CudaUnavailable` saying why.
     Cuda(usize),
 }
 

@@ -88,7 +88,7 @@ fn sums_and_maxes_match_the_cpu() {
     let x = randn(4, &[3, 4, 70]);
     let gpu = x.to_device(CUDA).unwrap();
     for dims in [vec![2], vec![0], vec![0, 2], vec![0, 1, 2]] {
-        for (op, name) in [(ReduceOp::Sum, "sum"), (ReduceOp::Max, "max")] {
+        for (op, name) in [(ReduceOp::Sum, "sum"), (ReduceOp::Max, "max"), (ReduceOp::Min, "min")] {
             let what = format!("{name} over {dims:?}");
             assert_close(&what, &gpu.reduce_keepdim(&dims, op).unwrap(), &x.reduce_keepdim(&dims, op).unwrap(), 1e-5);
             let bf = x.to_dtype(DType::BF16).unwrap();
@@ -133,13 +133,74 @@ fn pointwise_ops_match_the_cpu() {
     }
 }
 
+/// Matmul sums k products in f32 on both sides, in a different order: 1e-5 relative covers k = 45 unit-normal
+/// terms; bf16 results round once to bf16 from f32 sums that differ by that much: one bf16 ulp, 8e-3.
+#[test]
+fn matmuls_match_the_cpu() {
+    emulate();
+    let (a, b) = (randn(7, &[3, 17, 45]), randn(8, &[3, 45, 21]));
+    let weight = randn(9, &[21, 45]); // [out, in] as a linear layer's weight: x W^T through a transposed view
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-5 } else { 8e-3 };
+        let (a, b, weight) = (a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap(), weight.to_dtype(dtype).unwrap());
+        let (ga, gb, gw) = (a.to_device(CUDA).unwrap(), b.to_device(CUDA).unwrap(), weight.to_device(CUDA).unwrap());
+        assert_close(&format!("batched {dtype}"), &ga.matmul(&gb).unwrap(), &a.matmul(&b).unwrap(), tol);
+        assert_close(&format!("x W^T {dtype}"), &ga.matmul(&gw.t().unwrap()).unwrap(), &a.matmul(&weight.t().unwrap()).unwrap(), tol);
+        let (a2, ga2) = (a.narrow(0, 1, 1).unwrap().squeeze(0).unwrap(), ga.narrow(0, 1, 1).unwrap().squeeze(0).unwrap());
+        assert_close(&format!("2-D {dtype}"), &ga2.matmul(&gw.t().unwrap()).unwrap(), &a2.matmul(&weight.t().unwrap()).unwrap(), tol);
+    }
+}
+
+#[test]
+fn embedding_lookup_and_gradient_match_the_cpu() {
+    emulate();
+    let table = randn(10, &[11, 24]);
+    let ids = Tensor::from_vec(vec![3i64, 0, 10, 3, 7, 3, 1, 9], &[2, 4]).unwrap();
+    let gids = ids.to_device(CUDA).unwrap();
+    let grad = randn(11, &[2, 4, 24]);
+    for dtype in [DType::F32, DType::BF16] {
+        let (table, grad) = (table.to_dtype(dtype).unwrap(), grad.to_dtype(dtype).unwrap());
+        let gtable = table.to_device(CUDA).unwrap();
+        assert_close(&format!("index_select {dtype}"), &gtable.index_select(&gids).unwrap(), &table.index_select(&ids).unwrap(), 0.0);
+        // Repeated ids sum in f32 atomics on the device, in id order on the CPU: f32 rounding of a 3-term sum
+        // (1e-6), then for bf16 one rounding to bf16 of sums that may straddle a boundary (8e-3).
+        let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+        let got = grad.to_device(CUDA).unwrap().index_add_rows(&gids, 11).unwrap();
+        assert_close(&format!("index_add {dtype}"), &got, &grad.index_add_rows(&ids, 11).unwrap(), tol);
+    }
+    let bad = Tensor::from_vec(vec![2i64, 11], &[2]).unwrap().to_device(CUDA).unwrap();
+    match table.to_device(CUDA).unwrap().index_select(&bad) {
+        Err(Error::IndexOutOfRange { op: "index_select", index: 11, size: 11 }) => {}
+        other => panic!("expected index_select's IndexOutOfRange for id 11, got {other:?}"),
+    }
+}
+
+/// SwiGLU: f32 math on both sides; libm expf vs. the kernel's `__expf` (exact on the host emulation, an ulp or two
+/// on a GPU): 1e-6 relative in f32, one bf16 ulp (8e-3) in bf16.
+#[test]
+fn swiglu_forward_and_backward_match_the_cpu() {
+    emulate();
+    let (gate, up, grad) = (randn(12, &[3, 40]), randn(13, &[3, 40]), randn(14, &[3, 40]));
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+        let [gate, up, grad] = [&gate, &up, &grad].map(|t| t.to_dtype(dtype).unwrap());
+        let [gg, gu, gd] = [&gate, &up, &grad].map(|t| t.to_device(CUDA).unwrap());
+        let want = ferrotune_tensor::ops::swiglu(&gate, &up).unwrap();
+        assert_close(&format!("swiglu {dtype}"), &ferrotune_tensor::ops::swiglu(&gg, &gu).unwrap(), &want, tol);
+        let (want_g, want_u) = ferrotune_tensor::ops::swiglu_backward(&gate, &up, &grad).unwrap();
+        let (got_g, got_u) = ferrotune_tensor::ops::swiglu_backward(&gg, &gu, &gd).unwrap();
+        assert_close(&format!("swiglu d gate {dtype}"), &got_g, &want_g, tol);
+        assert_close(&format!("swiglu d up {dtype}"), &got_u, &want_u, tol);
+    }
+}
+
 #[test]
 fn unwired_ops_name_themselves() {
     emulate();
     let gpu = randn(5, &[2, 2]).to_device(CUDA).unwrap();
     let fused = ferrotune_tensor::ops::rms_norm(&gpu, &gpu.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(), 1e-6);
-    let ids = Tensor::from_vec(vec![1i64], &[1]).unwrap().to_device(CUDA).unwrap();
-    for (op, result) in [("matmul", gpu.matmul(&gpu)), ("index_select", gpu.index_select(&ids)), ("reduce min", gpu.reduce_keepdim(&[0], ReduceOp::Min)), ("rms_norm", fused)] {
+    let softmax = ferrotune_tensor::ops::softmax_last(&gpu);
+    for (op, result) in [("rms_norm", fused), ("softmax", softmax)] {
         match result {
             Err(Error::CudaUnavailable(msg)) => assert!(msg.contains(op), "{op}: {msg}"),
             other => panic!("{op}: expected a CudaUnavailable error naming the op, got {other:?}"),

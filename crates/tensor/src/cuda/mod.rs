@@ -24,6 +24,10 @@ const KERNEL_RANK: usize = 6;
 /// kernels/elementwise.cu `ft_pointwise` op codes after the UnaryOp variants.
 const POINTWISE_AFFINE: i32 = 15;
 const POINTWISE_POWF: i32 = 16;
+/// Output tile edge of the gemm_tiled kernels (kernels/elementwise.cu FT_GEMM_TILE).
+const GEMM_TILE: usize = 16;
+/// CUDA's limit on gridDim.z, where gemm_tiled puts the batch.
+const GRID_Z_MAX: usize = 65535;
 
 /// The error of `op` on `Device::Cuda` where the backend cannot run it: on the host emulation, that the op is
 /// not wired yet; otherwise why CUDA is off.
@@ -254,13 +258,14 @@ impl BackendStorage for CudaStorage {
     fn copy_strided(&self, layout: &Layout) -> Result<Self> {
         self.contiguous(layout)
     }
-    /// Sum and max: the reduced dims are moved last by a strided copy, then one block per output element
+    /// Sum and max (min through max): the reduced dims are moved last by a strided copy, then one block per output element
     /// reduces its row in f32 (reduce_rows); bf16 results are rounded back once.
     fn reduce(&self, layout: &Layout, dims: &[usize], op: ReduceOp) -> Result<Self> {
         let op_code: i32 = match op {
             ReduceOp::Sum => 0,
             ReduceOp::Max => 1,
-            ReduceOp::Min => return not_wired("reduce min"),
+            // min(x) = -max(-x): both negations are exact.
+            ReduceOp::Min => return self.unary(layout, UnaryOp::Neg)?.reduce(&Layout::contiguous(layout.shape()), dims, ReduceOp::Max)?.pointwise(UnaryOp::Neg as i32, 0.0, 0.0),
         };
         let suffix = kernel_dtype("reduce", self.dtype())?;
         let rank = layout.rank();
@@ -325,13 +330,165 @@ impl BackendStorage for CudaStorage {
         unsafe { self.target.launch(&format!("binary_{suffix}"), grid_for(n), &mut args)? };
         Ok(self.with_buffer(out))
     }
-    fn matmul(&self, _: &Layout, _: &Self, _: &Layout, _: MatmulDims) -> Result<Self> {
-        not_wired("matmul")
+    /// Both operands are gathered to contiguous `[batch, m, k]` / `[batch, k, n]` (or `[k, n]`) buffers (transposed and
+    /// broadcast views included), then the tiled GEMM kernel runs; cuBLASLt is for the GPU target.
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, dims: MatmulDims) -> Result<Self> {
+        if self.dtype() != rhs.dtype() {
+            return Err(Error::DTypeMismatch { op: "matmul", lhs: self.dtype(), rhs: rhs.dtype() });
+        }
+        let suffix = kernel_dtype("matmul", self.dtype())?;
+        let MatmulDims { batch, m, n, k } = dims;
+        if batch > GRID_Z_MAX {
+            return Err(Error::BadShape { op: "matmul", msg: format!("device cuda runs at most {GRID_Z_MAX} products in one batch, got {batch}") });
+        }
+        let (a, b) = (self.contiguous(layout)?, rhs.contiguous(rhs_layout)?);
+        let out = CpuStorage::zeros(batch * m * n, self.dtype());
+        if batch * m * n == 0 {
+            return Ok(self.with_buffer(out));
+        }
+        if k == 0 {
+            return Ok(self.with_buffer(out)); // empty sums: zeros, as the CPU backend returns
+        }
+        let (mut pa, mut pb, mut pc) = (buffer_ptr("matmul", &a.buffer)?, buffer_ptr("matmul", &b.buffer)?, buffer_ptr("matmul", &out)?);
+        // A rank-2 rhs (a weight) is shared by every product of the batch.
+        let b_batch_stride = if rhs_layout.rank() == 2 { 0 } else { (k * n) as i64 };
+        let (mut m64, mut n64, mut k64, mut b_stride) = (m as i64, n as i64, k as i64, b_batch_stride);
+        let mut args = [
+            &mut pa as *mut _ as *mut c_void,
+            &mut pb as *mut _ as *mut c_void,
+            &mut pc as *mut _ as *mut c_void,
+            &mut m64 as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut k64 as *mut _ as *mut c_void,
+            &mut b_stride as *mut _ as *mut c_void,
+        ];
+        let tiles = |x: usize| x.div_ceil(GEMM_TILE) as u32;
+        let config = LaunchConfig {
+            grid: [tiles(n), tiles(m), batch as u32],
+            block: [GEMM_TILE as u32, GEMM_TILE as u32, 1],
+            dynamic_shared: 0,
+        };
+        // SAFETY: gemm_tiled_T(const T* a, const T* b, T* c, int64_t m, int64_t n, int64_t k, int64_t
+        // b_batch_stride); a holds batch*m*k, b batch*k*n (k*n when shared) and c batch*m*n elements.
+        unsafe { self.target.launch(&format!("gemm_tiled_{suffix}"), config, &mut args)? };
+        Ok(self.with_buffer(out))
     }
-    fn index_select(&self, _: &Layout, _: &Self, _: &Layout) -> Result<Self> {
-        not_wired("index_select")
+    fn index_select(&self, layout: &Layout, ids: &Self, ids_layout: &Layout) -> Result<Self> {
+        if layout.rank() != 2 {
+            return Err(Error::BadShape { op: "index_select", msg: format!("table must be 2-D, got {:?}", layout.shape()) });
+        }
+        let (rows, cols) = (layout.shape()[0], layout.shape()[1]);
+        let table = self.contiguous(layout)?;
+        let out = CpuStorage::zeros(ids_layout.elem_count() * cols, self.dtype());
+        self.embedding("index_select", "embedding_forward", &table.buffer, ids, ids_layout, &out, rows, cols)?;
+        Ok(self.with_buffer(out))
     }
-    fn index_add(&self, _: &Layout, _: &Self, _: &Layout, _: usize) -> Result<Self> {
-        not_wired("index_add")
+    /// Accumulates in f32 (atomics) and rounds back once to the source dtype, as the CPU backend does.
+    fn index_add(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, rows: usize) -> Result<Self> {
+        let n_ids = ids_layout.elem_count();
+        let cols = layout.shape().last().copied().unwrap_or(1);
+        if layout.elem_count() != n_ids * cols {
+            return Err(Error::BadShape {
+                op: "index_add",
+                msg: format!("source {:?} does not hold one row per id ({n_ids} ids)", layout.shape()),
+            });
+        }
+        let src = self.contiguous(layout)?;
+        let out = CudaStorage::zeros(self.ordinal, rows * cols, DType::F32)?;
+        self.embedding("index_add", "embedding_backward", &src.buffer, ids, ids_layout, &out.buffer, rows, cols)?;
+        out.cast(self.dtype())
+    }
+}
+
+impl CudaStorage {
+    /// A fused elementwise kernel `{kernel}_{dtype}(const T* in.., T* out.., int64_t n)` (swiglu's): the inputs,
+    /// of one dtype and element count, are gathered contiguous; returns `outputs` fresh buffers of that dtype.
+    pub(crate) fn fused_elementwise(
+        op: &'static str,
+        kernel: &str,
+        inputs: &[(&CudaStorage, &Layout)],
+        outputs: usize,
+    ) -> Result<Vec<CudaStorage>> {
+        let first = inputs[0].0;
+        let n = inputs[0].1.elem_count();
+        for (storage, layout) in inputs {
+            if storage.dtype() != first.dtype() {
+                return Err(Error::DTypeMismatch { op, lhs: first.dtype(), rhs: storage.dtype() });
+            }
+            if layout.elem_count() != n {
+                return Err(Error::ShapeMismatch { op, lhs: inputs[0].1.shape().to_vec(), rhs: layout.shape().to_vec() });
+            }
+        }
+        let suffix = kernel_dtype(op, first.dtype())?;
+        let gathered = inputs.iter().map(|(s, l)| s.contiguous(l)).collect::<Result<Vec<_>>>()?;
+        let outs: Vec<CudaStorage> = (0..outputs).map(|_| first.with_buffer(CpuStorage::zeros(n, first.dtype()))).collect();
+        if n == 0 {
+            return Ok(outs);
+        }
+        let mut pointers = gathered.iter().chain(&outs).map(|s| buffer_ptr(op, &s.buffer)).collect::<Result<Vec<_>>>()?;
+        let mut n64 = n as i64;
+        let mut args: Vec<*mut c_void> = pointers.iter_mut().map(|p| p as *mut _ as *mut c_void).collect();
+        args.push(&mut n64 as *mut _ as *mut c_void);
+        // SAFETY: the kernel takes the inputs, then the outputs, then n; every buffer holds n elements.
+        unsafe { first.target.launch(&format!("{kernel}_{suffix}"), grid_for(n), &mut args)? };
+        Ok(outs)
+    }
+
+    /// Launch `{kernel}_{dtype}(const T* src, const int64_t* ids, out, n_ids, rows, cols, int* bad_id)`; ids
+    /// outside `[0, rows)` come back as `IndexOutOfRange` naming `op` and the first such id.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        src: &CpuStorage,
+        ids: &CudaStorage,
+        ids_layout: &Layout,
+        out: &CpuStorage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let suffix = kernel_dtype(op, self.dtype())?;
+        let id_slice = match (&ids.buffer, ids_layout.contiguous_range()) {
+            (CpuStorage::I64(v), Some(range)) => &v[range],
+            (CpuStorage::I64(_), None) => {
+                return Err(Error::Msg(format!("{op}: ids on device cuda must be contiguous; call contiguous() first")))
+            }
+            (other, _) => return Err(Error::UnsupportedDType { op, dtype: other.dtype() }),
+        };
+        let n_ids = id_slice.len();
+        if n_ids == 0 || cols == 0 {
+            return Ok(());
+        }
+        let mut bad = vec![0i32; 1];
+        let (mut psrc, mut pids, mut pout, mut pbad) = (
+            buffer_ptr(op, src)?,
+            id_slice.as_ptr() as *mut c_void,
+            match out {
+                CpuStorage::F32(v) => v.as_ptr() as *mut c_void,
+                other => buffer_ptr(op, other)?,
+            },
+            bad.as_mut_ptr() as *mut c_void,
+        );
+        let (mut n64, mut rows64, mut cols64) = (n_ids as i64, rows as i64, cols as i64);
+        let mut args = [
+            &mut psrc as *mut _ as *mut c_void,
+            &mut pids as *mut _ as *mut c_void,
+            &mut pout as *mut _ as *mut c_void,
+            &mut n64 as *mut _ as *mut c_void,
+            &mut rows64 as *mut _ as *mut c_void,
+            &mut cols64 as *mut _ as *mut c_void,
+            &mut pbad as *mut _ as *mut c_void,
+        ];
+        let config = LaunchConfig::linear(n_ids.min(MAX_BLOCKS) as u32, 128);
+        // SAFETY: the embedding kernels' parameter lists (kernels/embedding.cu); src holds n_ids (backward) or
+        // rows (forward) rows of `cols`, out the other, ids n_ids int64s, bad one int.
+        unsafe { self.target.launch(&format!("{kernel}_{suffix}"), config, &mut args)? };
+        if bad[0] != 0 {
+            // Error path only: read the ids back to name the first bad one, as the CPU backend does.
+            let index = id_slice.iter().copied().find(|&i| i < 0 || i as usize >= rows).unwrap_or(-1);
+            return Err(Error::IndexOutOfRange { op, index, size: rows });
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,8 @@
 use super::{cpu_compute_input, to_input_dtype};
 use crate::cpu::kernels::swiglu as kernel;
 use crate::element::Float;
-use crate::{Error, Result, Tensor};
+use crate::cuda::CudaStorage;
+use crate::{Error, Result, Storage, Tensor};
 
 /// `gate` and `up` must agree in shape and dtype (they come from two projections of the same activations).
 fn check(op: &'static str, gate: &Tensor, up: &Tensor) -> Result<()> {
@@ -21,6 +22,10 @@ fn check(op: &'static str, gate: &Tensor, up: &Tensor) -> Result<()> {
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     const OP: &str = "swiglu";
     check(OP, gate, up)?;
+    if let (Storage::Cuda(g), Storage::Cuda(u)) = (gate.storage(), up.storage()) {
+        let mut out = CudaStorage::fused_elementwise(OP, "swiglu_forward", &[(g, gate.layout()), (u, up.layout())], 1)?;
+        return Ok(Tensor::from_storage(Storage::Cuda(out.remove(0)), gate.shape()));
+    }
     let (gc, uc) = (cpu_compute_input(OP, gate)?, cpu_compute_input(OP, up)?);
     let out = super::float_dispatch!(OP, gc.dtype(), T => {
         let mut out = vec![T::ZERO; gc.elem_count()];
@@ -37,6 +42,14 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad_out: &Tensor) -> Result<
     check(OP, gate, up)?;
     if grad_out.shape() != gate.shape() {
         return Err(Error::ShapeMismatch { op: OP, lhs: gate.shape().to_vec(), rhs: grad_out.shape().to_vec() });
+    }
+    if let (Storage::Cuda(g), Storage::Cuda(u)) = (gate.storage(), up.storage()) {
+        let grad_out = grad_out.to_dtype(gate.dtype())?;
+        let Storage::Cuda(o) = grad_out.storage() else { return crate::cuda::unavailable("swiglu_backward with grad_out on the cpu") };
+        let inputs = [(g, gate.layout()), (u, up.layout()), (o, grad_out.layout())];
+        let mut grads = CudaStorage::fused_elementwise(OP, "swiglu_backward", &inputs, 2)?.into_iter();
+        let mut next = || Tensor::from_storage(Storage::Cuda(grads.next().expect("two outputs")), gate.shape());
+        return Ok((next(), next()));
     }
     let (gc, uc) = (cpu_compute_input(OP, gate)?, cpu_compute_input(OP, up)?);
     let oc = cpu_compute_input(OP, grad_out)?.to_dtype(gc.dtype())?;

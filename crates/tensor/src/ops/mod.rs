@@ -1,6 +1,6 @@
 //! Fused neural-network ops on `Tensor` (RMSNorm, RoPE, SwiGLU, softmax, dropout, attention, cross-entropy).
 //! Each op dispatches on the storage: the CPU arm calls `cpu::kernels`, the CUDA arm the CUDA backend (a typed
-//! error until it lands). Inputs of any float dtype are accepted; bf16 and f16 compute in f32 and the result is
+//! error naming the op until each is wired to its kernel). Inputs of any float dtype are accepted; bf16 and f16 compute in f32 and the result is
 //! rounded back to the input dtype, f32 and f64 compute natively.
 
 use crate::{DType, Error, Result, Storage, Tensor};
