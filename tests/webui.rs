@@ -1,6 +1,7 @@
 //! `ferrotune webui`'s HTTP API as the page uses it, against the real binary: the page and assets, bad requests
 //! answered with 4xx JSON, the preview running ferrotune-args' checks, and a tiny LoRA run started, watched
-//! through /api/status and aborted at a step boundary with its checkpoint kept and resumable. The browser side is
+//! through /api/status and aborted at a step boundary with its checkpoint kept and resumable, and /api/export's
+//! checks and a merged export. The browser side is
 //! tests/browser/webui.test.mjs (chromium, run by .ci/run).
 
 use serde_json::{json, Value};
