@@ -1,6 +1,7 @@
 //! `ferrotune webui`'s HTTP API as the page uses it, against the real binary: the page and assets, bad requests
 //! answered with 4xx JSON, the preview running ferrotune-args' checks, and a tiny LoRA run started, watched
-//! through /api/status and aborted at a step boundary with its checkpoint kept and resumable. The browser side is
+//! through /api/status and aborted at a step boundary with its checkpoint kept and resumable, and /api/export's
+//! checks and a merged export. The browser side is
 //! tests/browser/webui.test.mjs (chromium, run by .ci/run).
 
 use serde_json::{json, Value};
@@ -250,4 +251,45 @@ fn binding_beyond_loopback_warns() {
     let mut text = String::new();
     stderr.unwrap().read_to_string(&mut text).unwrap();
     assert!(text.contains("warning: binding 0.0.0.0") && text.contains("no login"), "{text}");
+}
+
+#[test]
+fn export_merges_into_an_hf_folder_with_upstreams_checks() {
+    let s = start_server("export");
+    let (_, info) = get(&s, "/api/info");
+    assert_eq!(info["support"]["export_quantization_bit"]["status"], "not_yet", "{info}");
+    assert_eq!(info["support"]["export_device"]["status"], "noop", "{info}");
+    let model = repo("tests/fixtures/models/tiny_chat");
+    let export = |extra: Value| {
+        let mut args = vec![json!(["model_name_or_path", model]), json!(["template", "default"]), json!(["finetuning_type", "lora"])];
+        args.extend(extra.as_array().unwrap().iter().cloned());
+        post(&s, "/api/export", &json!({ "args": args }))
+    };
+    let refused = |(status, body): (u16, Value), needle: &str| {
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(needle), "expected {needle:?}: {body}");
+    };
+    // Upstream's checks, in upstream's words, then ferrotune-args' support table.
+    refused(export(json!([["export_dir", ""]])), "Please specify export dir");
+    refused(export(json!([["export_dir", "out"], ["export_quantization_bit", 4]])), "Please specify dataset for quantization");
+    refused(
+        export(json!([["export_dir", "out"], ["export_quantization_bit", 4], ["export_quantization_dataset", "data/c4_demo.jsonl"], ["adapter_name_or_path", "saves/x"]])),
+        "Please merge adapters before quantizing",
+    );
+    refused(export(json!([["export_dir", "out"], ["export_quantization_bit", 4], ["export_quantization_dataset", "data/c4_demo.jsonl"]])), "GPTQ export quantization is not implemented");
+    refused(export(json!([["export_dir", "out"], ["export_legacy_format", true]])), "legacy");
+    // An adapter folder that is not there: ferrotune export's own error comes back.
+    refused(export(json!([["export_dir", "out"], ["adapter_name_or_path", "saves/none"]])), "ferrotune export failed");
+
+    let (status, r) = export(json!([["export_dir", "out"], ["export_size", 1], ["infer_dtype", "bfloat16"]]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["message"], "Model exported to out", "{r}");
+    assert!(r["log"].as_str().unwrap().contains("as bfloat16"), "{r}");
+    for f in ["config.json", "model.safetensors", "Modelfile", "tokenizer.json"] {
+        assert!(s.workdir.join("out").join(f).is_file(), "{f} in out/");
+    }
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(s.workdir.join("out/config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16", "{config}");
+    // A folder that holds a model is never overwritten.
+    refused(export(json!([["export_dir", "out"]])), "already holds a model");
 }

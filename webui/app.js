@@ -135,6 +135,18 @@ const CHAT_FIELDS = [
   { id: "query", type: "text", def: "", wide: true },
 ];
 
+// The Export tab (LLaMA-Factory's export.py); the model, adapters and template come from the top bar.
+const EXPORT_FIELDS = [
+  { id: "export_size", type: "number", def: 5, min: 1, max: 100 },
+  { id: "export_quantization_bit", type: "select", options: () => ["none", "8", "4", "3", "2"].map((x) => [x, x]), def: "none", support: "export_quantization_bit" },
+  { id: "export_quantization_dataset", type: "text", def: "data/c4_demo.jsonl", support: "export_quantization_dataset" },
+  { id: "export_device", type: "select", options: () => [["cpu", "cpu"], ["auto", "auto"]], def: "cpu", support: "export_device" },
+  { id: "export_legacy_format", type: "check", def: false, support: "export_legacy_format" },
+  { id: "infer_dtype", type: "select", options: () => ["auto", "float16", "bfloat16", "float32"].map((x) => [x, x]), def: "auto" },
+  { id: "export_dir", type: "text", def: "", wide: true },
+  { id: "export_hub_model_id", type: "text", def: "", support: "export_hub_model_id" },
+];
+
 let INFO = { templates: [], support: {} };
 let LANG = "en";
 const ALL_FIELDS = [];
@@ -358,6 +370,13 @@ function buildForm() {
     chatRow.append(makeField(f));
   }
   $("#chat-fields").append(chatRow);
+  const exportRow = document.createElement("div");
+  exportRow.className = "row";
+  for (const f of EXPORT_FIELDS) {
+    f.ui = true; // not part of a training run's saved form
+    exportRow.append(makeField(f));
+  }
+  $("#export-fields").append(exportRow);
   const run = $("#run-fields");
   const row = document.createElement("div");
   row.className = "row";
@@ -759,6 +778,38 @@ async function chatSubmit() {
   button.disabled = false;
 }
 
+// ---- export tab
+// The top bar's model and adapters plus the tab's fields; keys whose controls are disabled (not in ferrotune, or
+// no effect) are left out, as the server would refuse or ignore them.
+function exportArgs() {
+  const args = modelArgs();
+  args.push(["export_dir", val("export_dir").trim()]);
+  args.push(["export_size", val("export_size")]);
+  args.push(["infer_dtype", val("infer_dtype")]);
+  for (const f of EXPORT_FIELDS) {
+    if (!f.support || f.el.disabled) continue;
+    const v = getValue(f);
+    if (v !== "none" && v !== "" && v !== false) args.push([f.id, v]);
+  }
+  return args;
+}
+
+async function exportModel() {
+  const info = $("#export-info"), button = $("#btn-export");
+  button.disabled = true;
+  info.dataset.state = "running";
+  info.textContent = t("msg_exporting");
+  try {
+    const r = await api("POST", "/api/export", { args: exportArgs() });
+    info.textContent = `${t("msg_exported")} ${r.export_dir}\n\n${r.log}`;
+    info.dataset.state = "done";
+  } catch (e) {
+    info.textContent = `${t("msg_error")} ${e.message}`;
+    info.dataset.state = "error";
+  }
+  button.disabled = false;
+}
+
 async function main() {
   try {
     INFO = await api("GET", "/api/info");
@@ -801,6 +852,7 @@ async function main() {
   $("#btn-chat-unload").addEventListener("click", chatUnload);
   $("#btn-chat-submit").addEventListener("click", chatSubmit);
   field("query").el.addEventListener("keydown", (e) => { if (e.key === "Enter") chatSubmit(); });
+  $("#btn-export").addEventListener("click", exportModel);
   $("#btn-chat-clear").addEventListener("click", () => { chatHistory = []; renderChat(); });
   for (const b of document.querySelectorAll("#tabs button")) {
     b.addEventListener("click", () => {

@@ -29,21 +29,7 @@ impl ChatTab {
     /// template, finetuning_type, ...), passed as `--key=value` flags (llamafactory-cli without a config file) and
     /// checked as `ferrotune chat` checks its own.
     pub fn load(&self, body: &Json) -> Result<Json, String> {
-        let Some(pairs) = body.get("args").and_then(Json::as_array) else { return Err("the body needs `args`: [[key, value], ...]".into()) };
-        let mut args = Vec::new();
-        for p in pairs {
-            let Some([Json::String(k), v]) = p.as_array().map(Vec::as_slice) else {
-                return Err(format!("`args` entries must be [key, value] pairs, found {p}"));
-            };
-            let text = match v {
-                Json::String(s) => s.trim().to_string(),
-                other => other.to_string(),
-            };
-            // An empty field keeps the argument's default.
-            if !text.is_empty() {
-                args.push(format!("--{k}={text}"));
-            }
-        }
+        let args = super::infer_flags(body)?;
         let parsed = ferrotune_args::parse_infer_args(&args).map_err(|e| e.to_string())?;
         let chat = Arc::new(ChatModel::from_infer_args(&parsed).map_err(|e| e.to_string())?);
         let engine = EngineHandle::start(chat.clone(), 1, 4).map_err(|e| e.to_string())?;

@@ -21,8 +21,10 @@
 //! | `POST /api/save_args` `{config_path, form}` / `POST /api/load_args` `{config_path}` | saved forms |
 //! | `POST /api/chat/load` `{args}` / `POST /api/chat/unload` | the Chat tab's model, in this process |
 //! | `POST /api/chat` `{messages, system, temperature, top_p, max_new_tokens}` | one answer, streamed (SSE) |
+//! | `POST /api/export` `{args}` | merges the adapters and writes the model with `ferrotune export` (waits for it) |
 
 mod chat;
+mod export;
 mod form;
 mod runner;
 
@@ -66,12 +68,18 @@ const FORM_KEYS: &[&str] = &[
     "packing",
     "optim",
     "enable_thinking",
+    "export_quantization_bit",
+    "export_quantization_dataset",
+    "export_device",
+    "export_legacy_format",
+    "export_hub_model_id",
 ];
 
 struct WebUi {
     workdir: PathBuf,
     runner: Mutex<runner::Runner>,
     chat: chat::ChatTab,
+    export: export::ExportTab,
 }
 
 pub fn run(host: &str, port: u16) -> Result<(), String> {
@@ -88,7 +96,7 @@ pub fn run(host: &str, port: u16) -> Result<(), String> {
     println!("LLaMA Board (ferrotune webui) on http://{addr}/  working directory {}", workdir.display());
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let app = Arc::new(WebUi { workdir, runner: Mutex::new(runner::Runner::default()), chat: chat::ChatTab::default() });
+    let app = Arc::new(WebUi { workdir, runner: Mutex::new(runner::Runner::default()), chat: chat::ChatTab::default(), export: export::ExportTab::default() });
     http::serve(listener, Limits::default(), app).map_err(|e| format!("server stopped: {e}"))
 }
 
@@ -164,6 +172,7 @@ impl WebUi {
                     "/api/load_args" => self.load_args(&body),
                     "/api/chat/load" => self.chat.load(&body),
                     "/api/chat/unload" => self.chat.unload(),
+                    "/api/export" => self.export.export(&self.workdir, &body),
                     _ => return error(404, format!("no route POST {path}")),
                 };
                 match result {
@@ -280,6 +289,26 @@ impl WebUi {
         let pairs = form::from_yaml(&path)?;
         Ok(json!({ "path": rel(&self.workdir, &path), "form": Json::Object(pairs.into_iter().collect()) }))
     }
+}
+
+/// `{args: [[key, value], ...]}` (LLaMA-Factory inference / export arguments) as `--key=value` flags, as
+/// llamafactory-cli takes them without a config file. An empty value keeps the argument's default.
+fn infer_flags(body: &Json) -> Result<Vec<String>, String> {
+    let Some(pairs) = body.get("args").and_then(Json::as_array) else { return Err("the body needs `args`: [[key, value], ...]".into()) };
+    let mut flags = Vec::new();
+    for p in pairs {
+        let Some([Json::String(k), v]) = p.as_array().map(Vec::as_slice) else {
+            return Err(format!("`args` entries must be [key, value] pairs, found {p}"));
+        };
+        let text = match v {
+            Json::String(s) => s.trim().to_string(),
+            other => other.to_string(),
+        };
+        if !text.is_empty() {
+            flags.push(format!("--{k}={text}"));
+        }
+    }
+    Ok(flags)
 }
 
 fn rel(base: &Path, p: &Path) -> String {

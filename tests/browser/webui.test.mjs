@@ -7,7 +7,8 @@
 // so saves/ and llamaboard_config/ never touch the repository. Steps: load the page, switch to Chinese (and
 // check it is remembered across a reload) and back, fill a LoRA run of the tiny fixture model on data/identity,
 // preview the command, start it, wait for 100% and the loss plot, check a second Start on the finished dir is
-// refused, chat with the trained adapter (streamed answer), and look at the tabs that land later.
+// refused, chat with the trained adapter (streamed answer), export it merged (config.json, model.safetensors,
+// Modelfile), and look at the tab that lands later.
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, existsSync, rmSync } from "node:fs";
@@ -156,10 +157,36 @@ try {
   await page.click("#btn-chat-unload");
   log("chatted with the trained adapter");
 
-  // Tabs that land later say so and offer no buttons.
+  // Export the adapter just trained (still picked in the top bar): the export dir is required, then the merged
+  // HF folder is written; what ferrotune lacks is disabled with the reason.
   await page.click("#tab-export");
-  assert.match(await page.textContent("#pane-export"), /next release/);
-  assert.equal(await page.$$eval("#pane-export button", (b) => b.length), 0);
+  for (const id of ["export_quantization_bit", "export_quantization_dataset", "export_legacy_format", "export_hub_model_id", "export_device"]) {
+    assert.equal(await page.isDisabled(`#f-${id}`), true, `${id} is disabled`);
+  }
+  assert.match(await page.textContent("[data-field='export_quantization_bit'] .reason"), /GPTQ export quantization is not implemented/);
+  assert.match(await page.textContent("[data-field='export_device'] .reason"), /^No effect in ferrotune:/);
+  assert.equal(await page.inputValue("#f-export_size"), "5");
+  await page.click("#btn-export");
+  await page.waitForSelector("#export-info[data-state='error']");
+  assert.match(await page.textContent("#export-info"), /Please specify export dir/);
+  await page.fill("#f-export_dir", "exported");
+  await page.click("#btn-export");
+  await page.waitForSelector("#export-info[data-state='done']", { timeout: 60000 });
+  assert.match(await page.textContent("#export-info"), /^Model exported to exported/);
+  for (const f of ["config.json", "model.safetensors", "Modelfile"]) {
+    assert.ok(existsSync(path.join(work, "exported", f)), `${f} in ${work}/exported`);
+  }
+  await page.screenshot({ path: path.join(shots, "07-export.png"), fullPage: true });
+  // The same folder again: refused, the model there is kept.
+  await page.click("#btn-export");
+  await page.waitForSelector("#export-info[data-state='error']");
+  assert.match(await page.textContent("#export-info"), /already holds a model/);
+  log("exported the trained adapter merged into the model");
+
+  // The tab that lands later says so and offers no buttons.
+  await page.click("#tab-eval");
+  assert.match(await page.textContent("#pane-eval"), /next release/);
+  assert.equal(await page.$$eval("#pane-eval button", (b) => b.length), 0);
   assert.ok(!failed, "no JavaScript errors on the page");
   log(`passed; screenshots in ${shots}`);
 } catch (e) {
