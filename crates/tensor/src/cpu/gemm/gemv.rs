@@ -110,8 +110,9 @@ fn vector_times_matrix<T: Float, SX: Widen<T>, SM: Widen<T>>(
 }
 
 /// Dot product with 16 independent partial sums, so the compiler can keep them in vector lanes (a single running
-/// sum would serialise every addition).
-fn dot<T: Float>(x: &[T], y: &[T]) -> T {
+/// sum would serialise every addition). Also the inner product of the skinny kernels (`skinny.rs`).
+#[inline(always)]
+pub(super) fn dot<T: Float>(x: &[T], y: &[T]) -> T {
     const LANES: usize = 16;
     let mut partial = [T::ZERO; LANES];
     let (x_body, x_tail) = x.split_at(x.len() / LANES * LANES);

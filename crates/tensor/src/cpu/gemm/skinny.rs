@@ -15,6 +15,7 @@
 //! contiguous in neither direction goes to the packed path. The loops are plain Rust compiled once per SIMD
 //! level (AVX-512F, AVX2+FMA, baseline), chosen at run time like the micro-kernels.
 
+use super::gemv::dot;
 use super::pack::Widen;
 use super::{GemmKernel, MatMut, MatRef};
 use crate::element::Float;
@@ -196,18 +197,3 @@ fn chunk<T: Float, S: Widen<T>>(x: &[T], s: usize, k: usize, large: &Large<'_, S
     }
 }
 
-/// Dot product with 16 independent partial sums, so the compiler keeps them in vector lanes.
-#[inline(always)]
-fn dot<T: Float>(x: &[T], y: &[T]) -> T {
-    const LANES: usize = 16;
-    let mut partial = [T::ZERO; LANES];
-    let (x_body, x_tail) = x.split_at(x.len() / LANES * LANES);
-    let (y_body, y_tail) = y.split_at(x_body.len());
-    for (xs, ys) in x_body.chunks_exact(LANES).zip(y_body.chunks_exact(LANES)) {
-        for ((acc, &a), &b) in partial.iter_mut().zip(xs).zip(ys) {
-            *acc += a * b;
-        }
-    }
-    let tail = x_tail.iter().zip(y_tail).fold(T::ZERO, |acc, (&a, &b)| acc + a * b);
-    partial.iter().fold(tail, |acc, &p| acc + p)
-}
