@@ -3,6 +3,7 @@
 //! (", " and ": " separators, non-ASCII kept, floats as Python's `repr`).
 
 use crate::{bail, Result};
+use ferrotune_args::logging::py_float;
 
 /// A JSON value whose objects keep insertion order.
 #[derive(Debug, Clone, PartialEq)]
@@ -281,57 +282,12 @@ fn write_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Python's `repr(float)`: shortest round-trip digits, scientific below 1e-4 or from 1e16.
-pub fn py_float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
-    }
-    let sci = format!("{f:e}"); // e.g. "-1.2345e-5", shortest digits
-    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let neg = mant.starts_with('-');
-    let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
-    let sign = if neg { "-" } else { "" };
-    if !(-4..16).contains(&exp) {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits.clone()
-        };
-        let es = if exp < 0 { "-" } else { "+" };
-        format!("{sign}{m}e{es}{:02}", exp.abs())
-    } else if exp >= 0 {
-        let e = exp as usize;
-        if digits.len() > e + 1 {
-            format!("{sign}{}.{}", &digits[..e + 1], &digits[e + 1..])
-        } else {
-            format!("{sign}{}{}.0", digits, "0".repeat(e + 1 - digits.len()))
-        }
-    } else {
-        format!("{sign}0.{}{}", "0".repeat((-exp - 1) as usize), digits)
-    }
-}
-
 fn write(v: &PyValue, out: &mut String) {
     match v {
         PyValue::Null => out.push_str("null"),
         PyValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         PyValue::Int(t) => out.push_str(t),
-        PyValue::Float(f) => out.push_str(&py_float_repr(*f)),
+        PyValue::Float(f) => out.push_str(&py_float(*f)),
         PyValue::Str(s) => write_str(s, out),
         PyValue::List(items) => {
             out.push('[');
@@ -371,9 +327,9 @@ mod tests {
             dumps(&v),
             r#"{"b": 1, "a": [1.5, 1e-05, 2.0, "xé\n", null, true], "c": {"z": -3}}"#
         );
-        assert_eq!(py_float_repr(1e16), "1e+16");
-        assert_eq!(py_float_repr(123.25), "123.25");
-        assert_eq!(py_float_repr(0.0001), "0.0001");
+        assert_eq!(py_float(1e16), "1e+16");
+        assert_eq!(py_float(123.25), "123.25");
+        assert_eq!(py_float(0.0001), "0.0001");
         assert!(loads("{").is_err());
         assert!(loads("[1,]").is_err());
     }
