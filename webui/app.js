@@ -363,20 +363,15 @@ function buildForm() {
     d.append(row);
     form.append(d);
   }
-  const chatRow = document.createElement("div");
-  chatRow.className = "row";
-  for (const f of CHAT_FIELDS) {
-    f.ui = true; // not part of a training run's saved form
-    chatRow.append(makeField(f));
+  for (const [fields, target] of [[CHAT_FIELDS, "#chat-fields"], [EXPORT_FIELDS, "#export-fields"]]) {
+    const row = document.createElement("div");
+    row.className = "row";
+    for (const f of fields) {
+      f.ui = true; // not part of a training run's saved form
+      row.append(makeField(f));
+    }
+    $(target).append(row);
   }
-  $("#chat-fields").append(chatRow);
-  const exportRow = document.createElement("div");
-  exportRow.className = "row";
-  for (const f of EXPORT_FIELDS) {
-    f.ui = true; // not part of a training run's saved form
-    exportRow.append(makeField(f));
-  }
-  $("#export-fields").append(exportRow);
   const run = $("#run-fields");
   const row = document.createElement("div");
   row.className = "row";
