@@ -10,7 +10,7 @@
 //!   `max_length` (prompt + answer).
 
 use ferrotune_args::{DataArguments, FinetuningArguments, GeneratingArguments, InferArgs, ModelArguments, Stage};
-use ferrotune_data::{get_template_and_fix_tokenizer, DataOptions, Message, Role, Template};
+use ferrotune_data::{Message, Role, Template};
 use ferrotune_infer::{GenerationConfig, InferenceModel, KvCache, SamplingParams, WeightFormat};
 use ferrotune_models::gguf::dequant::GgmlType;
 use ferrotune_models::{bail, load_model, Context, LlamaModel, LoadOptions, ModelTokenizer, Result, WeightDType};
@@ -100,15 +100,7 @@ impl ChatModel {
 
     /// Wrap a loaded model: template from `d` (the named one, else the tokenizer's chat_template, else `empty`).
     pub fn new(model: InferenceModel, mut tokenizer: ModelTokenizer, d: &DataArguments, generating: GeneratingArguments, description: String) -> Result<ChatModel> {
-        let options = DataOptions {
-            template: d.template.clone(),
-            default_system: d.default_system.clone(),
-            enable_thinking: d.enable_thinking,
-            preserve_thinking: d.preserve_thinking,
-            tool_format: d.tool_format.clone(),
-            ..DataOptions::default()
-        };
-        let template = get_template_and_fix_tokenizer(&mut tokenizer, &options)?;
+        let template = crate::model_source::template_for(d, &mut tokenizer)?;
         let stop_token_ids = template.stop_token_ids(&tokenizer);
         let context_len = model.max_positions().min(MAX_CONTEXT);
         Ok(ChatModel { model, tokenizer, template, generating, context_len, stop_token_ids, description })

@@ -12,7 +12,6 @@
 
 use crate::model_source;
 use ferrotune_args::{InferArgs, Stage};
-use ferrotune_data::{get_template_and_fix_tokenizer, DataOptions};
 use ferrotune_models::llama::LlamaModel;
 use ferrotune_models::loader::save_hf_folder_sharded;
 use ferrotune_models::{bail, load_model, Context, LoadOptions, Result, WeightDType, WeightMap};
@@ -56,15 +55,7 @@ fn export(a: &InferArgs) -> Result<()> {
     let Some(mut tokenizer) = loaded.tokenizer else {
         bail!("{}: no tokenizer (tokenizer.json) next to the model; export writes one", loaded.source.display())
     };
-    let options = DataOptions {
-        template: a.data.template.clone(),
-        default_system: a.data.default_system.clone(),
-        enable_thinking: a.data.enable_thinking,
-        preserve_thinking: a.data.preserve_thinking,
-        tool_format: a.data.tool_format.clone(),
-        ..DataOptions::default()
-    };
-    let template = get_template_and_fix_tokenizer(&mut tokenizer, &options)?;
+    let template = crate::model_source::template_for(&a.data, &mut tokenizer)?;
 
     let output_dtype = output_dtype(&m.infer_dtype, loaded.config.torch_dtype.as_deref())?;
     let mut model = LlamaModel::from_weights(loaded.config, loaded.weights)?;
