@@ -12,6 +12,7 @@
 //!   ([`Generator`]) or many ([`BatchEngine`]).
 
 pub mod generate;
+mod lazy_buffer;
 pub mod matrix;
 pub mod model;
 pub mod quant;

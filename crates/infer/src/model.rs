@@ -18,6 +18,7 @@
 //! several adapters resident means keeping one `InferenceModel` per merged set (they can share nothing today;
 //! an unmerged low-rank term per [`Matrix`] is the hook for sharing the base).
 
+use crate::lazy_buffer::LazyZeroedF32;
 use crate::matrix::Matrix;
 use crate::quant::{BlockQ4_1, BlockQ8_0, WeightFormat};
 use ferrotune_models::gguf::{names, GgmlType, GgufFile};
@@ -62,11 +63,12 @@ pub struct InferenceModel {
     max_positions: usize,
 }
 
-/// Per-sequence keys and values, `[layers, max_len, kv_heads, head_dim]` f32 each, allocated once.
-#[derive(Clone, Debug)]
+/// Per-sequence keys and values, `[layers, max_len, kv_heads, head_dim]` f32 each, reserved once and
+/// committed page by page as positions fill (see [`LazyZeroedF32`]).
+#[derive(Debug)]
 pub struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: LazyZeroedF32,
+    v: LazyZeroedF32,
     layers: usize,
     max_len: usize,
     /// `kv_heads * head_dim`.
@@ -76,11 +78,14 @@ pub struct KvCache {
 
 impl KvCache {
     /// Room for `max_len` positions of `model`.
-    pub fn new(model: &InferenceModel, max_len: usize) -> KvCache {
+    fn new(model: &InferenceModel, max_len: usize) -> Result<KvCache> {
         let c = &model.config;
         let row = c.num_key_value_heads * c.head_dim;
         let size = c.num_hidden_layers * max_len * row;
-        KvCache { k: vec![0.0; size], v: vec![0.0; size], layers: c.num_hidden_layers, max_len, row, len: 0 }
+        let reserve = || {
+            LazyZeroedF32::new(size).map_err(|e| Error::msg(format!("cannot reserve a KV cache of {max_len} positions ({} MB): {e}", size * 8 / 1_000_000)))
+        };
+        Ok(KvCache { k: reserve()?, v: reserve()?, layers: c.num_hidden_layers, max_len, row, len: 0 })
     }
 
     /// Positions filled so far (the next token's RoPE position).
@@ -256,7 +261,7 @@ impl InferenceModel {
         if max_len > self.max_positions {
             bail!("a cache of {max_len} positions is longer than the model's {} (max_position_embeddings)", self.max_positions);
         }
-        Ok(KvCache::new(self, max_len))
+        KvCache::new(self, max_len)
     }
 
     /// Run the new tokens of every segment and return the logits after each segment's last token,
