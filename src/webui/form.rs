@@ -34,6 +34,11 @@ impl RunForm {
     fn get(&self, key: &str) -> Option<&Json> {
         self.args.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
     }
+
+    /// A string value, trimmed; `None` when missing or blank.
+    fn text(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty())
+    }
 }
 
 /// Which tab a run comes from: both run `ferrotune train <output_dir>/training_args.yaml`, with arguments built
@@ -76,9 +81,8 @@ pub fn save_dir(model_name: &str, finetuning_type: &str, output_dir: &str) -> St
 /// every `save_steps` with the training batch size), and `output_dir` resolved under `saves/`.
 pub fn training_args(form: &RunForm) -> Result<Vec<(String, Json)>, String> {
     let (mut out, output_dir) = form_values(form, "dataset")?;
+    let finetuning_type = form.text("finetuning_type").unwrap_or("lora");
     let mut set = |key: &str, value: Json| set_arg(&mut out, key, value);
-    let text = |k: &str| form.get(k).and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty());
-    let finetuning_type = text("finetuning_type").unwrap_or("lora");
     set("do_train", json!(true));
     set("plot_loss", json!(true));
     set("include_num_input_tokens_seen", json!(true));
@@ -106,7 +110,7 @@ pub fn eval_args(form: &RunForm) -> Result<Vec<(String, Json)>, String> {
         },
         None => true,
     };
-    let finetuning_type = form.get("finetuning_type").and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty()).unwrap_or("lora");
+    let finetuning_type = form.text("finetuning_type").unwrap_or("lora");
     let mut set = |key: &str, value: Json| set_arg(&mut out, key, value);
     set("stage", json!("sft"));
     set("predict_with_generate", json!(true));
@@ -131,14 +135,13 @@ fn form_values(form: &RunForm, dataset_key: &str) -> Result<(Vec<(String, Json)>
             set_arg(&mut out, k, v.clone());
         }
     }
-    let text = |k: &str| form.get(k).and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty());
-    if text("model_name_or_path").is_none() {
+    if form.text("model_name_or_path").is_none() {
         return Err("choose a model: fill the model path (a local folder, a .gguf file or a hub id)".into());
     }
-    if text(dataset_key).is_none() {
+    if form.text(dataset_key).is_none() {
         return Err("choose at least one dataset".into());
     }
-    let Some(output_dir) = text("output_dir") else { return Err("fill the output dir".into()) };
+    let Some(output_dir) = form.text("output_dir") else { return Err("fill the output dir".into()) };
     Ok((out, output_dir.to_string()))
 }
 
