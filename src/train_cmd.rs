@@ -339,6 +339,7 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
         template: &data.template,
         batch_size: t.per_device_eval_batch_size.max(1) as usize,
         seed: t.seed as u64,
+        stop: &STOP_REQUESTED,
     };
     let prompts = data.eval_prompts.as_deref().unwrap_or_default();
     if !t.do_train && !t.do_predict && data.eval_prompts.is_none() {
@@ -413,12 +414,25 @@ fn run_parsed(a: &mut TrainArgs) -> ferrotune_models::Result<()> {
     let mut preparation = (!t.do_train).then(|| t2.elapsed().as_secs_f64());
     let Some(tokenizer) = tr.tokenizer.as_ref() else { ferrotune_models::bail!("no tokenizer to decode generations with") };
     std::fs::create_dir_all(&out_dir).map_err(|e| ferrotune_models::Error::msg(format!("{}: {e}", out_dir.display())))?;
+    // A run that only generates reports its progress in trainer_log.jsonl (LogCallback's `on_prediction_step`);
+    // a training run's log already ended with its last step.
+    let mut progress = if t.do_train {
+        None
+    } else {
+        Some(
+            ferrotune_args::logging::TrainerLog::new(&out_dir, t.overwrite_output_dir)
+                .map_err(|e| ferrotune_models::Error::msg(format!("{}: cannot write trainer_log.jsonl: {e}", out_dir.display())))?,
+        )
+    };
     for (split, run) in [("eval", t.do_eval), ("predict", t.do_predict)] {
         if !run {
             continue;
         }
         let dir = (split == "predict").then_some(out_dir.as_path());
-        let metrics = predict::generate_and_score(&infer, tokenizer, prompts, &generate_settings, split, preparation.take(), dir)?;
+        let Some(metrics) = predict::generate_and_score(&infer, tokenizer, prompts, &generate_settings, split, preparation.take(), dir, progress.as_mut())? else {
+            println!("stopped during {split} generation on request; no {split} results written");
+            return Ok(());
+        };
         println!("{}", ferrotune_args::logging::format_metrics(split, &metrics));
         ferrotune_args::logging::save_metrics(&out_dir, split, &metrics, true)
             .map_err(|e| ferrotune_models::Error::msg(format!("{}: cannot write {split}_results.json: {e}", out_dir.display())))?;

@@ -1,7 +1,8 @@
 //! `ferrotune webui`'s HTTP API as the page uses it, against the real binary: the page and assets, bad requests
 //! answered with 4xx JSON, the preview running ferrotune-args' checks, and a tiny LoRA run started, watched
 //! through /api/status and aborted at a step boundary with its checkpoint kept and resumable, and /api/export's
-//! checks and a merged export. The browser side is
+//! checks and a merged export, and the Evaluate & Predict tab's runs (upstream's arguments, predictions, scores,
+//! abort). The browser side is
 //! tests/browser/webui.test.mjs (chromium, run by .ci/run).
 
 use serde_json::{json, Value};
@@ -292,4 +293,120 @@ fn export_merges_into_an_hf_folder_with_upstreams_checks() {
     assert_eq!(config["torch_dtype"], "bfloat16", "{config}");
     // A folder that holds a model is never overwritten.
     refused(export(json!([["export_dir", "out"]])), "already holds a model");
+}
+
+/// The Evaluate & Predict tab's arguments (as the page sends them) for the tiny fixture on data/identity.
+fn tiny_eval(output_dir: &str, predict: bool, max_samples: u32, max_new_tokens: u32) -> Value {
+    json!({
+        "model_name": "tiny",
+        "args": [
+            ["model_name_or_path", repo("tests/fixtures/models/tiny_chat")],
+            ["template", "default"],
+            ["finetuning_type", "lora"],
+            ["dataset_dir", repo("data")],
+            ["eval_dataset", "identity"],
+            ["cutoff_len", 64],
+            ["max_samples", max_samples],
+            ["per_device_eval_batch_size", 2],
+            ["predict", predict],
+            ["max_new_tokens", max_new_tokens],
+            ["top_p", 0.7],
+            ["temperature", 0.95],
+            ["output_dir", output_dir]
+        ]
+    })
+}
+
+#[test]
+fn evaluate_and_predict_builds_upstreams_arguments_runs_and_shows_the_scores() {
+    let s = start_server("eval");
+    // Preview: LLaMA-Factory's `_parse_eval_args` (stage sft, predict_with_generate, Save predictions as
+    // do_predict, the output dir under saves/), and no training.
+    let (status, p) = post(&s, "/api/eval/preview", &tiny_eval("eval_1", true, 6, 8));
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["ok"], true, "{p}");
+    assert_eq!(p["command"], "ferrotune train saves/tiny/lora/eval_1/training_args.yaml");
+    let yaml = p["yaml"].as_str().unwrap();
+    for line in [
+        "stage: sft",
+        "dataset_dir: ",
+        "eval_dataset: identity",
+        "cutoff_len: 64",
+        "max_samples: 6",
+        "per_device_eval_batch_size: 2",
+        "predict_with_generate: true",
+        "max_new_tokens: 8",
+        "top_p: 0.7",
+        "temperature: 0.95",
+        "report_to: none",
+        "output_dir: saves/tiny/lora/eval_1",
+        "do_predict: true",
+    ] {
+        assert!(yaml.contains(&format!("\n{line}")), "{line:?} in {yaml}");
+    }
+    assert!(!yaml.contains("do_train") && !yaml.contains("do_eval") && !yaml.contains("\npredict:"), "{yaml}");
+    let (_, p) = post(&s, "/api/eval/preview", &tiny_eval("eval_2", false, 6, 8));
+    let yaml = p["yaml"].as_str().unwrap();
+    assert!(yaml.contains("\ndo_eval: true\n") && !yaml.contains("do_predict"), "Save predictions off is do_eval: {yaml}");
+
+    // Start with Save predictions: progress to 100% (6 prompts, batch 2: 3 steps), the files, and the scores.
+    let (status, r) = post(&s, "/api/eval/start", &tiny_eval("eval_1", true, 6, 8));
+    assert_eq!(status, 200, "{r}");
+    let st = wait_done(&s, Duration::from_secs(60));
+    assert_eq!(st["outcome"], "finished", "{st}");
+    assert_eq!(st["kind"], "eval", "{st}");
+    assert_eq!(st["progress"]["percentage"], 100.0, "{st}");
+    assert!(st["progress"]["label"].as_str().unwrap().starts_with("Running 3/3: "), "{st}");
+    let out = s.workdir.join("saves/tiny/lora/eval_1");
+    for f in ["training_args.yaml", "trainer_log.jsonl", "generated_predictions.jsonl", "predict_results.json", "all_results.json"] {
+        assert!(out.join(f).is_file(), "{f} in {}", out.display());
+    }
+    assert!(!out.join("adapter_model.safetensors").exists(), "nothing was trained");
+    let predictions = std::fs::read_to_string(out.join("generated_predictions.jsonl")).unwrap();
+    assert_eq!(predictions.lines().count(), 6, "{predictions}");
+    for line in predictions.lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        assert!(row["prompt"].is_string() && row["predict"].is_string() && row["label"].is_string(), "{row}");
+    }
+    let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(out.join("all_results.json")).unwrap()).unwrap();
+    assert_eq!(st["results"], on_disk, "the page shows all_results.json");
+    for k in ["predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l"] {
+        let x = st["results"][k].as_f64().unwrap_or_else(|| panic!("{k} in {st}"));
+        assert!((0.0..=100.0).contains(&x), "{k} = {x}");
+    }
+    // The same output dir again: refused, nothing overwritten.
+    let (status, r) = post(&s, "/api/eval/start", &tiny_eval("eval_1", true, 6, 8));
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("finished run"), "{r}");
+
+    // Save predictions off: do_eval, the same scores named eval_*, no predictions file.
+    let (status, r) = post(&s, "/api/eval/start", &tiny_eval("eval_2", false, 6, 8));
+    assert_eq!(status, 200, "{r}");
+    let st = wait_done(&s, Duration::from_secs(60));
+    assert_eq!(st["outcome"], "finished", "{st}");
+    let out = s.workdir.join("saves/tiny/lora/eval_2");
+    assert!(out.join("eval_results.json").is_file() && !out.join("generated_predictions.jsonl").exists());
+    assert!(st["results"]["eval_bleu-4"].is_f64() && st["results"]["eval_rouge-l"].is_f64(), "{st}");
+
+    // Abort stops the generation at a decode step; no scores are written.
+    let (status, r) = post(&s, "/api/eval/start", &tiny_eval("eval_long", true, 40, 900));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(post(&s, "/api/start", &tiny_run("train_meanwhile", 1)).0, 400, "one run at a time, across tabs");
+    let t0 = Instant::now();
+    loop {
+        let (_, st) = get(&s, "/api/status");
+        if st["log"].as_str().unwrap_or("").contains("[generate] ") {
+            break;
+        }
+        assert!(st["state"] == "running" && t0.elapsed() < Duration::from_secs(60), "generation did not start: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, a) = post(&s, "/api/abort", &json!({}));
+    assert_eq!(status, 200, "{a}");
+    assert!(a["message"].as_str().unwrap().contains("no results are written"), "{a}");
+    let st = wait_done(&s, Duration::from_secs(60));
+    assert_eq!(st["outcome"], "aborted", "{st}");
+    assert!(st["log"].as_str().unwrap().contains("stopped during predict generation on request"), "{st}");
+    assert!(st["results"].is_null(), "{st}");
+    assert!(!s.workdir.join("saves/tiny/lora/eval_long/all_results.json").exists());
 }

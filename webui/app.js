@@ -122,6 +122,34 @@ const GROUPS = [
     { id: "badam_update_ratio", type: "number", def: 0.05, step: 0.01 },
   ] },
 ];
+// The Evaluate & Predict tab (LLaMA-Factory's eval.py); the model, adapters and template come from the top bar.
+const EVAL_FIELDS = [
+  [
+    { id: "eval_dataset_dir", type: "text", def: "data" },
+    { id: "eval_dataset", type: "multi", options: () => [], def: [], wide: true, button: "preview_dataset", buttonId: "eval-btn-preview_dataset" },
+  ],
+  [
+    { id: "eval_cutoff_len", type: "number", def: 1024, min: 4, max: 131072 },
+    { id: "eval_max_samples", type: "text", def: "100000", num: true },
+    { id: "eval_batch_size", type: "number", def: 2, min: 1 },
+    { id: "predict", type: "check", def: true },
+  ],
+  [
+    { id: "eval_max_new_tokens", type: "number", def: 512, min: 8, max: 4096 },
+    { id: "eval_top_p", type: "number", def: 0.7, min: 0.01, max: 1, step: 0.01 },
+    { id: "eval_temperature", type: "number", def: 0.95, min: 0.01, max: 1.5, step: 0.01 },
+    { id: "eval_output_dir", type: "text", def: () => `eval_${stamp()}`, wide: true },
+  ],
+];
+
+// The two tabs whose Start runs `ferrotune train` in the server's one runner: their routes and element ids.
+const RUN_PANES = {
+  train: { prefix: "", preview: "/api/preview", start: "/api/start", dataset: "dataset", datasetDir: "dataset_dir" },
+  eval: { prefix: "eval-", preview: "/api/eval/preview", start: "/api/eval/start", dataset: "eval_dataset", datasetDir: "eval_dataset_dir" },
+};
+// Each eval-pane element id is the train pane's with an "eval-" prefix.
+const runEl = (kind, name) => $(`#${RUN_PANES[kind].prefix}${name}`);
+
 const RUN_FIELDS = [
   { id: "output_dir", type: "text", def: () => `train_${stamp()}`, wide: true },
   { id: "config_path", type: "text", def: () => `${stamp()}.yaml` },
@@ -209,7 +237,7 @@ function makeField(f, groupDisabled) {
   }
   if (f.button) {
     const b = document.createElement("button");
-    b.id = `btn-${f.button}`;
+    b.id = f.buttonId || `btn-${f.button}`;
     b.dataset.i18n = f.button;
     b.type = "button";
     wrap.append(b);
@@ -334,13 +362,15 @@ function buildForm() {
   adv.append(row2);
   top.append(adv);
 
-  const form = $("#train-form");
-  for (const rowFields of TRAIN_MAIN) {
-    const row = document.createElement("div");
-    row.className = "row";
-    for (const f of rowFields) row.append(makeField(f));
-    form.append(row);
+  for (const [rows, target] of [[TRAIN_MAIN, "#train-form"], [EVAL_FIELDS, "#eval-form"]]) {
+    for (const rowFields of rows) {
+      const row = document.createElement("div");
+      row.className = "row";
+      for (const f of rowFields) row.append(makeField(f));
+      $(target).append(row);
+    }
   }
+  const form = $("#train-form");
   for (const g of GROUPS) {
     const d = document.createElement("details");
     d.id = `group-${g.id}`;
@@ -384,12 +414,15 @@ function buildForm() {
   }
 }
 
-// The model, adapters and template the top bar names (shared by training and chat).
+// The top bar's model name as it appears in saves/<model name>/.
+const savesModelName = () => (val("model_name") === "Custom" ? "custom" : val("model_name"));
+
+// The model, adapters and template the top bar names (shared by training, evaluation and chat).
 function modelArgs() {
   const args = [];
   const ft = val("finetuning_type");
   const ckpts = val("checkpoint_path");
-  const root = `saves/${val("model_name") === "Custom" ? "custom" : val("model_name")}/${ft}`;
+  const root = `saves/${savesModelName()}/${ft}`;
   args.push(["model_name_or_path", ft !== "lora" && ckpts.length ? `${root}/${ckpts[0]}` : val("model_path").trim()]);
   if (ft === "lora" && ckpts.length) args.push(["adapter_name_or_path", ckpts.map((c) => `${root}/${c}`).join(",")]);
   args.push(["template", val("template")]);
@@ -398,21 +431,28 @@ function modelArgs() {
   return args;
 }
 
+// The top bar's booster as LLaMA-Factory's keys.
+function boosterArgs() {
+  const booster = val("booster");
+  if (booster === "flashattn2") return [["flash_attn", "fa2"]];
+  if (booster === "unsloth") return [["use_unsloth", true]];
+  if (booster === "liger_kernel") return [["enable_liger_kernel", true]];
+  return [];
+}
+
+// A text field's value as a number, or an error naming the field.
+function num(id) {
+  const raw = String(val(id)).trim();
+  const x = Number(raw);
+  if (raw === "" || !Number.isFinite(x)) throw new Error(`${t(id)}: ${JSON.stringify(raw)} is not a number`);
+  return x;
+}
+
 // ---- arguments (LLaMA-Factory names) from the form
 function collectArgs() {
-  const args = modelArgs().filter(([k]) => k !== "finetuning_type");
+  const args = modelArgs().filter(([k]) => k !== "finetuning_type").concat(boosterArgs());
   const put = (k, v) => args.push([k, v]);
-  const num = (id) => {
-    const raw = String(val(id)).trim();
-    const x = Number(raw);
-    if (raw === "" || !Number.isFinite(x)) throw new Error(`${t(id)}: ${JSON.stringify(raw)} is not a number`);
-    return x;
-  };
   const ft = val("finetuning_type");
-  const booster = val("booster");
-  if (booster === "flashattn2") put("flash_attn", "fa2");
-  if (booster === "unsloth") put("use_unsloth", true);
-  if (booster === "liger_kernel") put("enable_liger_kernel", true);
   put("stage", val("stage"));
   put("finetuning_type", ft);
   put("dataset_dir", val("dataset_dir"));
@@ -462,9 +502,28 @@ function collectArgs() {
   }
   if (extra === null || typeof extra !== "object" || Array.isArray(extra)) throw new Error(t("msg_bad_extra"));
   for (const [k, v] of Object.entries(extra)) put(k, v);
-  const modelName = val("model_name") === "Custom" ? "custom" : val("model_name");
-  return { model_name: modelName, args };
+  return { model_name: savesModelName(), args };
 }
+
+// The Evaluate & Predict tab's arguments; the server adds what LLaMA-Factory forces (stage sft,
+// predict_with_generate, do_predict or do_eval from `predict`, the output dir under saves/).
+function evalArgs() {
+  const args = modelArgs().concat(boosterArgs());
+  const put = (k, v) => args.push([k, v]);
+  put("dataset_dir", val("eval_dataset_dir"));
+  put("eval_dataset", val("eval_dataset").join(","));
+  put("cutoff_len", val("eval_cutoff_len"));
+  put("max_samples", num("eval_max_samples"));
+  put("per_device_eval_batch_size", val("eval_batch_size"));
+  put("predict", val("predict"));
+  put("max_new_tokens", val("eval_max_new_tokens"));
+  put("top_p", val("eval_top_p"));
+  put("temperature", val("eval_temperature"));
+  put("output_dir", val("eval_output_dir").trim());
+  return { model_name: savesModelName(), args };
+}
+
+const runArgs = (kind) => (kind === "eval" ? evalArgs() : collectArgs());
 
 function formState() {
   const state = {};
@@ -472,30 +531,32 @@ function formState() {
   return state;
 }
 
-function say(text) {
-  $("#output-box").textContent = text;
+function say(text, kind = "train") {
+  runEl(kind, "output-box").textContent = text;
 }
 
 // ---- actions
-async function refreshDatasets() {
-  const f = field("dataset");
+// The dataset list of a tab: pairwise (ranking) datasets for the pairwise stages, the others for sft / pt and
+// for evaluation (which is sft).
+async function refreshDatasets(kind = "train") {
+  const pane = RUN_PANES[kind];
+  const f = field(pane.dataset);
   try {
-    const r = await api("POST", "/api/datasets", { dataset_dir: val("dataset_dir") });
-    const pairwise = !["sft", "pt"].includes(val("stage"));
+    const r = await api("POST", "/api/datasets", { dataset_dir: val(pane.datasetDir) });
+    const pairwise = kind === "train" && !["sft", "pt"].includes(val("stage"));
     fillOptions(f, r.datasets.filter((d) => d.ranking === pairwise).map((d) => [d.name, d.name]));
     applyPending(f);
   } catch (e) {
     fillOptions(f, []);
-    say(`${t("msg_no_datasets")} ${e.message}`);
+    say(`${t("msg_no_datasets")} ${e.message}`, kind);
   }
   applyLang(LANG);
 }
 
 async function refreshCheckpoints() {
   const f = field("checkpoint_path");
-  const modelName = val("model_name") === "Custom" ? "custom" : val("model_name");
   try {
-    const r = await api("POST", "/api/checkpoints", { model_name: modelName, finetuning_type: val("finetuning_type") });
+    const r = await api("POST", "/api/checkpoints", { model_name: savesModelName(), finetuning_type: val("finetuning_type") });
     fillOptions(f, r.checkpoints.map((c) => [c, c]));
     applyPending(f);
   } catch (e) {
@@ -508,17 +569,17 @@ function showMethodGroups() {
   for (const g of GROUPS) if (g.method) $(`#group-${g.id}`).hidden = g.method !== ft;
 }
 
-async function preview() {
+async function preview(kind) {
   try {
-    const r = await api("POST", "/api/preview", collectArgs());
+    const r = await api("POST", RUN_PANES[kind].preview, runArgs(kind));
     let text = r.ok ? `${t("msg_preview_ok")}\n\n${r.command}\n\n${r.yaml}` : `${t("msg_preview_err")}\n${r.error}\n\n${r.yaml}`;
     if (r.notes && r.notes.length) text += `\n${r.notes.map((n) => `note: ${n}`).join("\n")}\n`;
     if (r.output.action === "resume") text += `\n${t("msg_resume")} ${r.output.checkpoint}`;
     if (r.output.action === "refuse") text += `\n${t("msg_refuse")} ${r.output.message}`;
-    say(text);
-    $("#output-box").dataset.previewOk = String(r.ok);
+    say(text, kind);
+    runEl(kind, "output-box").dataset.previewOk = String(r.ok);
   } catch (e) {
-    say(`${t("msg_error")} ${e.message}`);
+    say(`${t("msg_error")} ${e.message}`, kind);
   }
 }
 
@@ -539,7 +600,8 @@ async function loadArgs() {
       if (f && !f.el.disabled && k !== "config_path") setValue(f, v);
     }
     showMethodGroups();
-    await refreshDatasets();
+    await refreshDatasets("train");
+    await refreshDatasets("eval");
     await refreshCheckpoints();
     say(`${t("msg_loaded")} ${r.path}`);
   } catch (e) {
@@ -549,32 +611,35 @@ async function loadArgs() {
 
 let polling = null;
 let runMessage = "";
-async function start() {
+async function start(kind) {
   try {
-    const body = collectArgs();
+    const body = runArgs(kind);
     body.form = formState();
-    const r = await api("POST", "/api/start", body);
+    const r = await api("POST", RUN_PANES[kind].start, body);
     runMessage = r.message;
-    say(r.message);
-    setRunning(true);
+    say(r.message, kind);
+    setRunning(true, kind);
     poll();
   } catch (e) {
-    say(`${t("msg_error")} ${e.message}`);
+    say(`${t("msg_error")} ${e.message}`, kind);
   }
 }
 
-async function abort() {
+async function abort(kind) {
   try {
     await api("POST", "/api/abort", {});
-    runMessage = t("msg_aborting");
+    runMessage = t(kind === "eval" ? "msg_eval_aborting" : "msg_aborting");
   } catch (e) {
-    say(`${t("msg_error")} ${e.message}`);
+    say(`${t("msg_error")} ${e.message}`, kind);
   }
 }
 
-function setRunning(on) {
-  $("#btn-start").disabled = on;
-  $("#btn-abort").disabled = !on;
+// One run at a time (the server has one runner): both tabs' Start wait for it; Abort is the running tab's.
+function setRunning(on, kind) {
+  for (const k of Object.keys(RUN_PANES)) {
+    runEl(k, "btn-start").disabled = on;
+    runEl(k, "btn-abort").disabled = !(on && k === kind);
+  }
   if (on && !polling) polling = setInterval(poll, 1000);
   if (!on && polling) {
     clearInterval(polling);
@@ -591,27 +656,33 @@ async function poll() {
     return;
   }
   if (s.state === "idle") return;
+  const kind = s.kind === "eval" ? "eval" : "train";
   const running = s.state === "running" || s.state === "aborting";
-  setRunning(running);
+  setRunning(running, kind);
   if (s.progress) {
-    $("#progress-wrap").hidden = false;
-    $("#progress-bar").style.width = `${Math.min(100, s.progress.percentage)}%`;
-    $("#progress-label").textContent = s.progress.label;
-    $("#progress-wrap").dataset.percentage = String(s.progress.percentage);
+    runEl(kind, "progress-wrap").hidden = false;
+    runEl(kind, "progress-bar").style.width = `${Math.min(100, s.progress.percentage)}%`;
+    runEl(kind, "progress-label").textContent = s.progress.label;
+    runEl(kind, "progress-wrap").dataset.percentage = String(s.progress.percentage);
   }
+  const evalRun = kind === "eval";
   let head = runMessage;
-  if (s.state === "aborting") head = t("msg_aborting");
+  if (s.state === "aborting") head = t(evalRun ? "msg_eval_aborting" : "msg_aborting");
   if (s.state === "done") {
     if (s.outcome === "finished") head = t("msg_finished");
-    else if (s.outcome === "aborted") head = t("msg_aborted");
+    else if (s.outcome === "aborted") head = t(evalRun ? "msg_eval_aborted" : "msg_aborted");
     else head = `${t("msg_failed")} ${s.outcome}`;
   }
-  $("#output-box").dataset.state = s.outcome || s.state;
-  say(`${head}\n${s.output_dir}\n\n${s.log}`);
-  const box = $("#output-box");
-  box.scrollTop = box.scrollHeight;
-  lastLoss = s.loss;
-  renderLoss(s.loss);
+  // A finished evaluation leads with its scores (all_results.json), as LLaMA-Factory's runner shows them.
+  const results = evalRun && s.results ? `${t("msg_results")}\n${JSON.stringify(s.results, null, 4)}\n\n` : "";
+  const box = runEl(kind, "output-box");
+  box.dataset.state = s.outcome || s.state;
+  say(`${head}\n${s.output_dir}\n\n${results}${s.log}`, kind);
+  box.scrollTop = results ? 0 : box.scrollHeight;
+  if (!evalRun) {
+    lastLoss = s.loss;
+    renderLoss(s.loss);
+  }
 }
 
 // The loss plot: raw points faint, LLaMA-Factory's smoothed curve strong, step on x.
@@ -659,14 +730,16 @@ function renderLoss(loss) {
   g.fillText(t("loss_smoothed"), L + 118, 15);
 }
 
-// ---- dataset preview (a paged viewer, 2 records per page, as LLaMA-Factory's)
+// ---- dataset preview (a paged viewer, 2 records per page, as LLaMA-Factory's), of the Train or the Eval tab's pick
 let previewOffset = 0;
+let previewKind = "train";
 async function previewDataset(delta) {
-  const ds = val("dataset");
-  if (!ds.length) { say(t("msg_pick_dataset")); return; }
+  const pane = RUN_PANES[previewKind];
+  const ds = val(pane.dataset);
+  if (!ds.length) { say(t("msg_pick_dataset"), previewKind); return; }
   previewOffset = Math.max(0, previewOffset + delta);
   try {
-    const r = await api("POST", "/api/dataset_preview", { dataset_dir: val("dataset_dir"), dataset: ds[0], offset: previewOffset, limit: 2 });
+    const r = await api("POST", "/api/dataset_preview", { dataset_dir: val(pane.datasetDir), dataset: ds[0], offset: previewOffset, limit: 2 });
     $("#preview-title").textContent = `${ds[0]}: ${r.total} ${t("msg_records")}`;
     $("#preview-rows").textContent = JSON.stringify(r.rows, null, 2);
     $("#preview-page").textContent = `${previewOffset + 1}-${Math.min(previewOffset + 2, r.total)} / ${r.total}`;
@@ -674,7 +747,7 @@ async function previewDataset(delta) {
     $("#preview-next").disabled = previewOffset + 2 >= r.total;
     if (!$("#preview-dialog").open) $("#preview-dialog").showModal();
   } catch (e) {
-    say(`${t("msg_error")} ${e.message}`);
+    say(`${t("msg_error")} ${e.message}`, previewKind);
   }
 }
 
@@ -831,18 +904,21 @@ async function main() {
     refreshCheckpoints();
   });
   field("finetuning_type").el.addEventListener("change", () => { showMethodGroups(); refreshCheckpoints(); });
-  field("dataset_dir").el.addEventListener("change", refreshDatasets);
-  field("stage").el.addEventListener("change", refreshDatasets);
+  field("dataset_dir").el.addEventListener("change", () => refreshDatasets("train"));
+  field("stage").el.addEventListener("change", () => refreshDatasets("train"));
+  field("eval_dataset_dir").el.addEventListener("change", () => refreshDatasets("eval"));
   $("#btn-refresh").addEventListener("click", refreshCheckpoints);
-  $("#btn-preview_dataset").addEventListener("click", () => { previewOffset = 0; previewDataset(0); });
+  for (const kind of Object.keys(RUN_PANES)) {
+    runEl(kind, "btn-preview_dataset").addEventListener("click", () => { previewKind = kind; previewOffset = 0; previewDataset(0); });
+    runEl(kind, "btn-preview").addEventListener("click", () => preview(kind));
+    runEl(kind, "btn-start").addEventListener("click", () => start(kind));
+    runEl(kind, "btn-abort").addEventListener("click", () => abort(kind));
+  }
   $("#preview-prev").addEventListener("click", () => previewDataset(-2));
   $("#preview-next").addEventListener("click", () => previewDataset(2));
   $("#preview-close").addEventListener("click", () => $("#preview-dialog").close());
-  $("#btn-preview").addEventListener("click", preview);
   $("#btn-save").addEventListener("click", saveArgs);
   $("#btn-load").addEventListener("click", loadArgs);
-  $("#btn-start").addEventListener("click", start);
-  $("#btn-abort").addEventListener("click", abort);
   $("#btn-chat-load").addEventListener("click", chatLoad);
   $("#btn-chat-unload").addEventListener("click", chatUnload);
   $("#btn-chat-submit").addEventListener("click", chatSubmit);
@@ -856,7 +932,8 @@ async function main() {
     });
   }
   showMethodGroups();
-  await refreshDatasets();
+  await refreshDatasets("train");
+  await refreshDatasets("eval");
   await refreshCheckpoints();
   await poll(); // a run started before this page was (re)loaded
   document.body.dataset.ready = "1";

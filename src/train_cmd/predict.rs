@@ -5,9 +5,10 @@
 //! generating arguments, `per_device_eval_batch_size` sequences decoding together, stopping at eos or at a
 //! template stop word (LLaMA-Factory adds those to the tokenizer's special tokens and passes them all as
 //! `eos_token_id`). Scores are `ComputeSimilarity`'s ([`ferrotune_train::metrics`]); `predict` also writes
-//! `generated_predictions.jsonl` as `save_predictions` does.
+//! `generated_predictions.jsonl` as `save_predictions` does. In a run that does not train, each batch's end is a
+//! `trainer_log.jsonl` progress line (LLaMA-Factory's `on_prediction_step`), which the WebUI's progress bar reads.
 
-use ferrotune_args::logging::{self, py_round};
+use ferrotune_args::logging::{self, py_round, TrainerLog};
 use ferrotune_args::{GeneratingArguments, Value};
 use ferrotune_data::pyjson::{dumps, PyValue};
 use ferrotune_data::{PromptExample, Template};
@@ -15,6 +16,7 @@ use ferrotune_infer::{BatchEngine, Event, GenerationConfig, InferenceModel, Samp
 use ferrotune_models::{bail, ModelTokenizer, Result};
 use ferrotune_train::metrics::{Similarity, SimilarityScores};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// What a generation pass needs besides the model.
@@ -23,10 +25,19 @@ pub struct GenerateSettings<'a> {
     pub template: &'a Template,
     pub batch_size: usize,
     pub seed: u64,
+    /// Set by SIGINT / SIGTERM (Ctrl-C, the WebUI's Abort): generation ends after the decode step in progress.
+    pub stop: &'a AtomicBool,
 }
 
-/// One prompt's generated ids, in the prompts' order.
-fn generate_all(model: &InferenceModel, tok: &ModelTokenizer, prompts: &[PromptExample], s: &GenerateSettings) -> Result<Vec<Vec<u32>>> {
+/// One prompt's generated ids, in the prompts' order; `None` when a stop was requested first. With `progress`, a
+/// progress line per `batch_size` prompts finished.
+fn generate_all(
+    model: &InferenceModel,
+    tok: &ModelTokenizer,
+    prompts: &[PromptExample],
+    s: &GenerateSettings,
+    mut progress: Option<&mut TrainerLog>,
+) -> Result<Option<Vec<Vec<u32>>>> {
     let g = s.generating;
     // GeneratingArguments.to_dict: max_new_tokens when positive, else max_length (prompt included).
     let max_new = |prompt_len: usize| -> usize {
@@ -77,24 +88,33 @@ fn generate_all(model: &InferenceModel, tok: &ModelTokenizer, prompts: &[PromptE
     }
     let mut out: Vec<Option<Vec<u32>>> = vec![None; prompts.len()];
     let (mut done, started) = (0, Instant::now());
+    let batches = prompts.len().div_ceil(s.batch_size.max(1)) as u64;
     while !engine.is_idle() {
+        if s.stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         for event in engine.step()? {
             if let Event::Finished { id, generation } = event {
                 out[id as usize - ids[0] as usize] = Some(generation.tokens);
                 done += 1;
                 if done % s.batch_size.max(1) == 0 || done == prompts.len() {
                     eprintln!("[generate] {done}/{} prompts ({:.1} s)", prompts.len(), started.elapsed().as_secs_f64());
+                    if let Some(log) = progress.as_deref_mut() {
+                        log.on_prediction_step(batches)
+                            .map_err(|e| ferrotune_models::Error::msg(format!("{}: {e}", log.path().display())))?;
+                    }
                 }
             }
         }
     }
-    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    Ok(Some(out.into_iter().map(Option::unwrap_or_default).collect()))
 }
 
 /// Generate for every prompt and score the generations against the labels (`{prefix}_bleu-4`, ...,
 /// `{prefix}_runtime`, `{prefix}_samples_per_second`, `{prefix}_steps_per_second`, and
 /// `{prefix}_model_preparation_time` when `preparation_secs` is given, as HF reports the first evaluation of a
-/// model it had not prepared for training). With `predictions_dir`, also writes `generated_predictions.jsonl`.
+/// model it had not prepared for training). With `predictions_dir`, also writes `generated_predictions.jsonl`; with
+/// `progress`, the progress lines. `None` when a stop was requested before generation finished (nothing written).
 pub fn generate_and_score(
     model: &InferenceModel,
     tok: &ModelTokenizer,
@@ -103,12 +123,13 @@ pub fn generate_and_score(
     prefix: &str,
     preparation_secs: Option<f64>,
     predictions_dir: Option<&Path>,
-) -> Result<Vec<(String, Value)>> {
+    progress: Option<&mut TrainerLog>,
+) -> Result<Option<Vec<(String, Value)>>> {
     if prompts.is_empty() {
         bail!("the eval set has no examples to generate from (eval_dataset is empty after preprocessing)");
     }
     let start = Instant::now();
-    let generated = generate_all(model, tok, prompts, settings)?;
+    let Some(generated) = generate_all(model, tok, prompts, settings, progress)? else { return Ok(None) };
     let scorer = Similarity::new();
     let skip = settings.generating.skip_special_tokens;
     let mut scores = Vec::with_capacity(prompts.len());
@@ -139,5 +160,5 @@ pub fn generate_and_score(
         logging::write_atomic(&path, lines.as_bytes()).map_err(|e| ferrotune_models::Error::msg(format!("{}: {e}", path.display())))?;
         println!("Saving prediction results to {}", path.display());
     }
-    Ok(metrics)
+    Ok(Some(metrics))
 }

@@ -1,5 +1,6 @@
-//! What the page's form becomes: LLaMA-Factory YAML arguments (`training_args.yaml`), the command that runs
-//! them, their validation by ferrotune-args, the output-dir policy, and the saved-form files
+//! What the page's forms become: LLaMA-Factory YAML arguments (`training_args.yaml`) for the Train and the
+//! Evaluate & Predict tabs, the command that runs them, their validation by ferrotune-args, the output-dir
+//! policy, and the saved-form files
 //! (`llamaboard_config/*.yaml`). Also the data the form's pickers list: datasets from `dataset_info.json`, a
 //! dataset's records, and the checkpoints under `saves/`.
 
@@ -33,6 +34,36 @@ impl RunForm {
     fn get(&self, key: &str) -> Option<&Json> {
         self.args.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
     }
+
+    /// A string value, trimmed; `None` when missing or blank.
+    fn text(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty())
+    }
+}
+
+/// Which tab a run comes from: both run `ferrotune train <output_dir>/training_args.yaml`, with arguments built
+/// as LLaMA-Factory's runner builds them (`_parse_train_args` / `_parse_eval_args`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunKind {
+    Train,
+    Eval,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Train => "train",
+            RunKind::Eval => "eval",
+        }
+    }
+
+    /// The YAML arguments for this kind of run.
+    pub fn args(self, form: &RunForm) -> Result<Vec<(String, Json)>, String> {
+        match self {
+            RunKind::Train => training_args(form),
+            RunKind::Eval => eval_args(form),
+        }
+    }
 }
 
 /// `saves/<model_name>/<finetuning_type>/<name>` for a bare name (LLaMA-Factory's `get_save_dir`); a path with
@@ -49,11 +80,50 @@ pub fn save_dir(model_name: &str, finetuning_type: &str, output_dir: &str) -> St
 /// runner does (`do_train`, `plot_loss`, `include_num_input_tokens_seen`; with a validation split, evaluation
 /// every `save_steps` with the training batch size), and `output_dir` resolved under `saves/`.
 pub fn training_args(form: &RunForm) -> Result<Vec<(String, Json)>, String> {
-    let mut out: Vec<(String, Json)> = Vec::new();
-    let mut set = |key: &str, value: Json| match out.iter_mut().find(|(k, _)| k == key) {
-        Some(slot) => slot.1 = value,
-        None => out.push((key.to_string(), value)),
+    let (mut out, output_dir) = form_values(form, "dataset")?;
+    let finetuning_type = form.text("finetuning_type").unwrap_or("lora");
+    let mut set = |key: &str, value: Json| set_arg(&mut out, key, value);
+    set("do_train", json!(true));
+    set("plot_loss", json!(true));
+    set("include_num_input_tokens_seen", json!(true));
+    set("output_dir", json!(save_dir(&form.model_name, finetuning_type, &output_dir)));
+    let val_size = form.get("val_size").and_then(Json::as_f64).unwrap_or(0.0);
+    if val_size > 0.0 {
+        set("eval_strategy", json!("steps"));
+        set("eval_steps", form.get("save_steps").cloned().unwrap_or(json!(100)));
+        set("per_device_eval_batch_size", form.get("per_device_train_batch_size").cloned().unwrap_or(json!(2)));
+    }
+    Ok(out)
+}
+
+/// The arguments the Evaluate & Predict tab's Start writes, as LLaMA-Factory's `_parse_eval_args` builds them:
+/// the form's values (`eval_dataset`, `cutoff_len`, `max_samples`, `per_device_eval_batch_size`, the generation
+/// settings) plus `stage: sft`, `predict_with_generate: true`, `report_to: none`, `output_dir` resolved under
+/// `saves/`, and the form's `predict` (Save predictions) as `do_predict: true`, or `do_eval: true` without it
+/// (the same BLEU / ROUGE scores as `eval_*`, and no generated_predictions.jsonl).
+pub fn eval_args(form: &RunForm) -> Result<Vec<(String, Json)>, String> {
+    let (mut out, output_dir) = form_values(form, "eval_dataset")?;
+    let predict = match out.iter().position(|(k, _)| k == "predict") {
+        Some(i) => match out.remove(i).1 {
+            Json::Bool(b) => b,
+            other => return Err(format!("`predict` (Save predictions) must be true or false, found {other}")),
+        },
+        None => true,
     };
+    let finetuning_type = form.text("finetuning_type").unwrap_or("lora");
+    let mut set = |key: &str, value: Json| set_arg(&mut out, key, value);
+    set("stage", json!("sft"));
+    set("predict_with_generate", json!(true));
+    set("report_to", json!("none"));
+    set("output_dir", json!(save_dir(&form.model_name, finetuning_type, &output_dir)));
+    set(if predict { "do_predict" } else { "do_eval" }, json!(true));
+    Ok(out)
+}
+
+/// The form's non-empty values in form order (a repeated key keeps its last value), after checking that the model,
+/// the datasets (`dataset_key`) and the output dir are filled; also returns the output dir as typed.
+fn form_values(form: &RunForm, dataset_key: &str) -> Result<(Vec<(String, Json)>, String), String> {
+    let mut out: Vec<(String, Json)> = Vec::new();
     for (k, v) in &form.args {
         let empty = match v {
             Json::Null => true,
@@ -62,29 +132,25 @@ pub fn training_args(form: &RunForm) -> Result<Vec<(String, Json)>, String> {
             _ => false,
         };
         if !empty {
-            set(k, v.clone());
+            set_arg(&mut out, k, v.clone());
         }
     }
-    let text = |k: &str| form.get(k).and_then(Json::as_str).map(str::trim).filter(|s| !s.is_empty());
-    if text("model_name_or_path").is_none() {
+    if form.text("model_name_or_path").is_none() {
         return Err("choose a model: fill the model path (a local folder, a .gguf file or a hub id)".into());
     }
-    if text("dataset").is_none() {
+    if form.text(dataset_key).is_none() {
         return Err("choose at least one dataset".into());
     }
-    let Some(output_dir) = text("output_dir") else { return Err("fill the output dir".into()) };
-    let finetuning_type = text("finetuning_type").unwrap_or("lora");
-    set("do_train", json!(true));
-    set("plot_loss", json!(true));
-    set("include_num_input_tokens_seen", json!(true));
-    set("output_dir", json!(save_dir(&form.model_name, finetuning_type, output_dir)));
-    let val_size = form.get("val_size").and_then(Json::as_f64).unwrap_or(0.0);
-    if val_size > 0.0 {
-        set("eval_strategy", json!("steps"));
-        set("eval_steps", form.get("save_steps").cloned().unwrap_or(json!(100)));
-        set("per_device_eval_batch_size", form.get("per_device_train_batch_size").cloned().unwrap_or(json!(2)));
+    let Some(output_dir) = form.text("output_dir") else { return Err("fill the output dir".into()) };
+    Ok((out, output_dir.to_string()))
+}
+
+/// Sets `key` in place when present (keeping its position), else appends it.
+fn set_arg(out: &mut Vec<(String, Json)>, key: &str, value: Json) {
+    match out.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => out.push((key.to_string(), value)),
     }
-    Ok(out)
 }
 
 /// A YAML scalar for `v`: strings stay plain when YAML 1.1 (OmegaConf) reads them back as the same string,
@@ -148,7 +214,7 @@ pub fn check_args(pairs: &[(String, Json)], scratch_dir: &Path) -> Result<Vec<St
 pub enum OutputDir {
     /// Missing or empty: a new run.
     New,
-    /// Holds checkpoints of an unfinished run: `ferrotune train` resumes from the last one.
+    /// Holds checkpoints of an unfinished training run: `ferrotune train` resumes from the last one.
     Resume(PathBuf),
     /// Holds something that a new run would overwrite: refused, with why.
     Refuse(String),
@@ -157,7 +223,9 @@ pub enum OutputDir {
 /// What Start writes into an output dir before `ferrotune train` writes anything.
 const WEBUI_FILES: &[&str] = &["training_args.yaml", "llamaboard_config.yaml", super::runner::SUBPROCESS_LOG];
 
-pub fn output_dir_state(dir: &Path) -> OutputDir {
+/// What Start does with `dir`. `resumable`: a training run, which continues from the last checkpoint there; an
+/// evaluation always starts afresh, so it only takes a new dir.
+pub fn output_dir_state(dir: &Path, resumable: bool) -> OutputDir {
     let Ok(entries) = std::fs::read_dir(dir) else { return OutputDir::New };
     let names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     // Only the files Start itself writes (a run that failed or was stopped before training began): reused.
@@ -169,6 +237,14 @@ pub fn output_dir_state(dir: &Path) -> OutputDir {
         return OutputDir::Refuse(format!(
             "{} already holds a finished run ({marker}); choose a new output dir (nothing was overwritten)",
             dir.display()
+        ));
+    }
+    if !resumable {
+        return OutputDir::Refuse(format!(
+            "{} already exists ({}); an evaluation starts afresh, so choose a new output dir or delete it yourself \
+             (nothing was overwritten)",
+            dir.display(),
+            names.join(", ")
         ));
     }
     match ferrotune_args::last_checkpoint(dir) {
@@ -275,6 +351,57 @@ mod tests {
         assert!(missing.contains("dataset"), "{missing}");
     }
 
+    /// LLaMA-Factory's `_parse_eval_args` for the same form: the top bar's model, adapter and template, the tab's
+    /// values, and stage sft / predict_with_generate / report_to none / the output dir under saves/ forced;
+    /// Save predictions picks do_predict, without it do_eval.
+    #[test]
+    fn eval_args_are_upstreams_parse_eval_args() {
+        let tab = |predict: bool| {
+            form(&[
+                ("model_name_or_path", json!("m")),
+                ("adapter_name_or_path", json!("saves/Tiny/lora/train_1")),
+                ("template", json!("default")),
+                ("finetuning_type", json!("lora")),
+                ("dataset_dir", json!("data")),
+                ("eval_dataset", json!("identity,alpaca_en_demo")),
+                ("cutoff_len", json!(1024)),
+                ("max_samples", json!(100000)),
+                ("per_device_eval_batch_size", json!(2)),
+                ("predict", json!(predict)),
+                ("max_new_tokens", json!(512)),
+                ("top_p", json!(0.7)),
+                ("temperature", json!(0.95)),
+                ("output_dir", json!("eval_1")),
+            ])
+        };
+        let a = eval_args(&tab(true)).unwrap();
+        let expected = [
+            ("model_name_or_path", json!("m")),
+            ("adapter_name_or_path", json!("saves/Tiny/lora/train_1")),
+            ("template", json!("default")),
+            ("finetuning_type", json!("lora")),
+            ("dataset_dir", json!("data")),
+            ("eval_dataset", json!("identity,alpaca_en_demo")),
+            ("cutoff_len", json!(1024)),
+            ("max_samples", json!(100000)),
+            ("per_device_eval_batch_size", json!(2)),
+            ("max_new_tokens", json!(512)),
+            ("top_p", json!(0.7)),
+            ("temperature", json!(0.95)),
+            ("output_dir", json!("saves/Tiny/lora/eval_1")),
+            ("stage", json!("sft")),
+            ("predict_with_generate", json!(true)),
+            ("report_to", json!("none")),
+            ("do_predict", json!(true)),
+        ];
+        assert_eq!(a, expected.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Vec<_>>());
+        let e = eval_args(&tab(false)).unwrap();
+        assert!(e.contains(&("do_eval".to_string(), json!(true))) && !e.iter().any(|(k, _)| k == "do_predict" || k == "do_train"), "{e:?}");
+        let missing = eval_args(&form(&[("model_name_or_path", json!("m")), ("output_dir", json!("e"))])).unwrap_err();
+        assert!(missing.contains("dataset"), "{missing}");
+        assert!(eval_args(&form(&[("model_name_or_path", json!("m")), ("eval_dataset", json!("identity"))])).unwrap_err().contains("output dir"));
+    }
+
     #[test]
     fn yaml_quotes_exactly_what_omegaconf_would_misread() {
         let y = to_yaml(
@@ -306,18 +433,21 @@ mod tests {
     fn output_dirs_are_new_resumed_or_refused_never_overwritten() {
         let dir = std::env::temp_dir().join(format!("ferrotune-webui-outdir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(output_dir_state(&dir), OutputDir::New);
+        assert_eq!(output_dir_state(&dir, true), OutputDir::New);
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(output_dir_state(&dir), OutputDir::New);
+        assert_eq!(output_dir_state(&dir, true), OutputDir::New);
         std::fs::write(dir.join("training_args.yaml"), "").unwrap();
-        assert_eq!(output_dir_state(&dir), OutputDir::New, "a run that failed before training wrote nothing to lose");
+        assert_eq!(output_dir_state(&dir, true), OutputDir::New, "a run that failed before training wrote nothing to lose");
+        assert_eq!(output_dir_state(&dir, false), OutputDir::New);
         std::fs::write(dir.join("trainer_log.jsonl"), "").unwrap();
-        assert!(matches!(output_dir_state(&dir), OutputDir::Refuse(m) if m.contains("no checkpoint")));
+        assert!(matches!(output_dir_state(&dir, true), OutputDir::Refuse(m) if m.contains("no checkpoint")));
+        assert!(matches!(output_dir_state(&dir, false), OutputDir::Refuse(m) if m.contains("starts afresh")));
         std::fs::create_dir_all(dir.join("checkpoint-3")).unwrap();
         std::fs::create_dir_all(dir.join("checkpoint-12")).unwrap();
-        assert_eq!(output_dir_state(&dir), OutputDir::Resume(dir.join("checkpoint-12")));
+        assert_eq!(output_dir_state(&dir, true), OutputDir::Resume(dir.join("checkpoint-12")));
+        assert!(matches!(output_dir_state(&dir, false), OutputDir::Refuse(_)), "an evaluation never resumes");
         std::fs::write(dir.join("train_results.json"), "{}").unwrap();
-        assert!(matches!(output_dir_state(&dir), OutputDir::Refuse(m) if m.contains("finished run")));
+        assert!(matches!(output_dir_state(&dir, true), OutputDir::Refuse(m) if m.contains("finished run")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

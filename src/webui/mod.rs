@@ -16,8 +16,9 @@
 //! | `POST /api/checkpoints` `{model_name, finetuning_type}` | adapters / checkpoints under `saves/` |
 //! | `POST /api/preview` `{model_name, args}` | the YAML, the command, ferrotune-args' verdict, the output-dir policy |
 //! | `POST /api/start` `{model_name, args, form}` | writes `training_args.yaml`, runs `ferrotune train` |
-//! | `POST /api/abort` | stops the run at a step boundary (a checkpoint is saved) |
-//! | `GET /api/status` | progress, loss points (raw + smoothed), log tail |
+//! | `POST /api/eval/preview`, `POST /api/eval/start` | the same for the Evaluate & Predict tab (`do_predict` / `do_eval`) |
+//! | `POST /api/abort` | stops the run at a step boundary (training saves a checkpoint there) |
+//! | `GET /api/status` | which tab's run, progress, loss points (raw + smoothed), log tail, `all_results.json` once finished |
 //! | `POST /api/save_args` `{config_path, form}` / `POST /api/load_args` `{config_path}` | saved forms |
 //! | `POST /api/chat/load` `{args}` / `POST /api/chat/unload` | the Chat tab's model, in this process |
 //! | `POST /api/chat` `{messages, system, temperature, top_p, max_new_tokens}` | one answer, streamed (SSE) |
@@ -29,7 +30,7 @@ mod form;
 mod runner;
 
 use crate::http::{self, Conn, Handler, Limits, Request, Response};
-use form::{OutputDir, RunForm};
+use form::{OutputDir, RunForm, RunKind};
 use serde_json::{json, Value as Json};
 use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -165,8 +166,10 @@ impl WebUi {
                     "/api/checkpoints" => {
                         Ok(form::checkpoints(&self.workdir, str_field(&body, "model_name"), str_field(&body, "finetuning_type")))
                     }
-                    "/api/preview" => self.preview(&body),
-                    "/api/start" => self.start(&body),
+                    "/api/preview" => self.preview(&body, RunKind::Train),
+                    "/api/start" => self.start(&body, RunKind::Train),
+                    "/api/eval/preview" => self.preview(&body, RunKind::Eval),
+                    "/api/eval/start" => self.start(&body, RunKind::Eval),
                     "/api/abort" => self.lock_runner().abort().map(|m| json!({ "message": m })),
                     "/api/save_args" => self.save_args(&body),
                     "/api/load_args" => self.load_args(&body),
@@ -218,9 +221,9 @@ impl WebUi {
     }
 
     /// The YAML, the command, and whether ferrotune-args accepts it, as Preview command shows them.
-    fn preview(&self, body: &Json) -> Result<Json, String> {
+    fn preview(&self, body: &Json, kind: RunKind) -> Result<Json, String> {
         let f = RunForm::from_json(body)?;
-        let args = form::training_args(&f)?;
+        let args = kind.args(&f)?;
         let out_dir = args.iter().find(|(k, _)| k == "output_dir").and_then(|(_, v)| v.as_str()).unwrap_or("").to_string();
         let yaml_path = format!("{out_dir}/training_args.yaml");
         let yaml = form::to_yaml(&args, &format!("written by ferrotune webui; run with: ferrotune train {yaml_path}"));
@@ -228,7 +231,7 @@ impl WebUi {
             Ok(notes) => (true, notes, None),
             Err(e) => (false, Vec::new(), Some(e)),
         };
-        let output = match form::output_dir_state(&self.workdir.join(&out_dir)) {
+        let output = match form::output_dir_state(&self.workdir.join(&out_dir), kind == RunKind::Train) {
             OutputDir::New => json!({ "action": "new" }),
             OutputDir::Resume(ck) => json!({ "action": "resume", "checkpoint": ck.display().to_string() }),
             OutputDir::Refuse(why) => json!({ "action": "refuse", "message": why }),
@@ -244,9 +247,9 @@ impl WebUi {
         }))
     }
 
-    fn start(&self, body: &Json) -> Result<Json, String> {
+    fn start(&self, body: &Json, kind: RunKind) -> Result<Json, String> {
         let f = RunForm::from_json(body)?;
-        let args = form::training_args(&f)?;
+        let args = kind.args(&f)?;
         form::check_args(&args, &self.workdir.join("llamaboard_cache"))?;
         let out_rel = args.iter().find(|(k, _)| k == "output_dir").and_then(|(_, v)| v.as_str()).unwrap_or("").to_string();
         let out_dir = self.workdir.join(&out_rel);
@@ -254,10 +257,10 @@ impl WebUi {
         if runner.is_running() {
             return Err("a run is already in progress; abort it or wait for it to finish".into());
         }
-        let message = match form::output_dir_state(&out_dir) {
+        let message = match form::output_dir_state(&out_dir, kind == RunKind::Train) {
             OutputDir::Refuse(why) => return Err(why),
             OutputDir::Resume(ck) => format!("{out_rel} holds an unfinished run: resuming from {}", ck.file_name().unwrap_or_default().to_string_lossy()),
-            OutputDir::New => format!("started a new run in {out_rel}"),
+            OutputDir::New => format!("started a new {} run in {out_rel}", kind.as_str()),
         };
         std::fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
         let yaml_path = out_dir.join("training_args.yaml");
@@ -269,7 +272,7 @@ impl WebUi {
             std::fs::write(&path, form::to_yaml(&pairs, "the LLaMA Board form that started this run"))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
-        let pid = runner.start(&yaml_path, &out_dir)?;
+        let pid = runner.start(&yaml_path, &out_dir, kind)?;
         Ok(json!({ "message": message, "pid": pid, "output_dir": out_rel }))
     }
 

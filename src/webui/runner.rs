@@ -1,8 +1,10 @@
-//! The training child process behind Start / Abort and what the page shows while it runs, read from the files
-//! the run writes (as LLaMA-Factory's runner does): the last line of `trainer_log.jsonl` for the progress bar,
-//! every `loss` line for the plot (raw and smoothed with LLaMA-Factory's `smooth`), and the tail of
-//! `webui_subprocess.log` (the child's stdout and stderr).
+//! The `ferrotune train` child process behind the Train and Evaluate & Predict tabs' Start / Abort (one run at a
+//! time, as LLaMA-Factory's single runner) and what the page shows while it runs, read from the files the run
+//! writes (as LLaMA-Factory's runner does): the last line of `trainer_log.jsonl` for the progress bar, every
+//! `loss` line for the plot (raw and smoothed with LLaMA-Factory's `smooth`), the tail of `webui_subprocess.log`
+//! (the child's stdout and stderr), and once it has finished, `all_results.json` (an evaluation's scores).
 
+use super::form::RunKind;
 use serde_json::{json, Value as Json};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -16,6 +18,7 @@ pub const SUBPROCESS_LOG: &str = "webui_subprocess.log";
 
 struct Run {
     child: Child,
+    kind: RunKind,
     output_dir: PathBuf,
     started: Instant,
     aborted: bool,
@@ -54,7 +57,7 @@ impl Runner {
     }
 
     /// Runs `ferrotune train <yaml>` (this same binary) with its output going to `output_dir/webui_subprocess.log`.
-    pub fn start(&mut self, yaml: &Path, output_dir: &Path) -> Result<u32, String> {
+    pub fn start(&mut self, yaml: &Path, output_dir: &Path, kind: RunKind) -> Result<u32, String> {
         if self.is_running() {
             return Err("a run is already in progress; abort it or wait for it to finish".into());
         }
@@ -76,11 +79,12 @@ impl Runner {
             .spawn()
             .map_err(|e| format!("cannot start `ferrotune train`: {e}"))?;
         let pid = child.id();
-        self.run = Some(Run { child, output_dir: output_dir.to_path_buf(), started: Instant::now(), aborted: false, outcome: None });
+        self.run = Some(Run { child, kind, output_dir: output_dir.to_path_buf(), started: Instant::now(), aborted: false, outcome: None });
         Ok(pid)
     }
 
-    /// Asks the run to stop after the optimizer step in progress; `ferrotune train` saves a checkpoint there.
+    /// Asks the run to stop after the optimizer step in progress, where `ferrotune train` saves a checkpoint (an
+    /// evaluation stops after the decode step in progress and writes no results).
     pub fn abort(&mut self) -> Result<String, String> {
         if !self.is_running() {
             return Err("no run is in progress".into());
@@ -88,7 +92,10 @@ impl Runner {
         let Some(run) = &mut self.run else { return Err("no run is in progress".into()) };
         run.aborted = true;
         request_stop(&mut run.child).map_err(|e| format!("cannot signal the training process: {e}"))?;
-        Ok("abort requested: the run stops after the current step and saves a checkpoint".into())
+        Ok(match run.kind {
+            RunKind::Train => "abort requested: the run stops after the current step and saves a checkpoint".into(),
+            RunKind::Eval => "abort requested: the evaluation stops after the current decode step; no results are written".into(),
+        })
     }
 
     pub fn status(&mut self) -> Json {
@@ -101,10 +108,14 @@ impl Runner {
         };
         let mut s = trainer_status(&run.output_dir);
         s["state"] = json!(state);
+        s["kind"] = json!(run.kind.as_str());
         s["outcome"] = json!(run.outcome);
         s["output_dir"] = json!(run.output_dir.display().to_string());
         s["wall_secs"] = json!(run.started.elapsed().as_secs_f64());
         s["log"] = json!(log_tail(&run.output_dir.join(SUBPROCESS_LOG)));
+        if run.outcome.as_deref() == Some("finished") {
+            s["results"] = all_results(&run.output_dir);
+        }
         s
     }
 }
@@ -126,6 +137,12 @@ fn request_stop(child: &mut Child) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn request_stop(child: &mut Child) -> std::io::Result<()> {
     child.kill()
+}
+
+/// `all_results.json` of a finished run (LLaMA-Factory's `load_eval_results`), `null` when there is none or it
+/// cannot be read.
+fn all_results(output_dir: &Path) -> Json {
+    std::fs::read_to_string(output_dir.join("all_results.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null)
 }
 
 /// The last `LOG_TAIL_BYTES` of a file, cut at a character boundary.

@@ -8,7 +8,8 @@
 // check it is remembered across a reload) and back, fill a LoRA run of the tiny fixture model on data/identity,
 // preview the command, start it, wait for 100% and the loss plot, check a second Start on the finished dir is
 // refused, chat with the trained adapter (streamed answer), export it merged (config.json, model.safetensors,
-// Modelfile), and look at the tab that lands later.
+// Modelfile), and evaluate it on a few identity prompts (Evaluate & Predict: 100%, the BLEU / ROUGE scores shown,
+// generated_predictions.jsonl written).
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, existsSync, rmSync } from "node:fs";
@@ -183,16 +184,49 @@ try {
   assert.match(await page.textContent("#export-info"), /already holds a model/);
   log("exported the trained adapter merged into the model");
 
-  // The tab that lands later says so and offers no buttons.
+  // Evaluate & Predict the adapter just trained (still picked in the top bar): 6 prompts, batch 2, 8 new tokens.
   await page.click("#tab-eval");
-  assert.match(await page.textContent("#pane-eval"), /next release/);
-  assert.equal(await page.$$eval("#pane-eval button", (b) => b.length), 0);
+  assert.equal(await page.inputValue("#f-eval_cutoff_len"), "1024", "LLaMA-Factory's defaults");
+  assert.equal(await page.inputValue("#f-eval_max_new_tokens"), "512");
+  assert.equal(await page.isChecked("#f-predict"), true);
+  await page.fill("#f-eval_dataset_dir", dataDir);
+  await page.dispatchEvent("#f-eval_dataset_dir", "change");
+  await page.waitForSelector("#f-eval_dataset option[value='identity']");
+  await page.selectOption("#f-eval_dataset", ["identity"]);
+  await page.fill("#f-eval_cutoff_len", "64");
+  await page.fill("#f-eval_max_samples", "6");
+  await page.fill("#f-eval_max_new_tokens", "8");
+  await page.fill("#f-eval_output_dir", "eval_browser");
+  await page.click("#eval-btn-preview");
+  await page.waitForFunction(() => document.querySelector("#eval-output-box").textContent.includes("ferrotune train"));
+  const evalPreview = await page.textContent("#eval-output-box");
+  assert.equal(await page.getAttribute("#eval-output-box", "data-preview-ok"), "true", evalPreview);
+  assert.match(evalPreview, /\nadapter_name_or_path: saves\/custom\/lora\/train_browser\n/);
+  assert.match(evalPreview, /\ndo_predict: true\n/);
+  assert.match(evalPreview, /\npredict_with_generate: true\n/);
+  assert.match(evalPreview, /\noutput_dir: saves\/custom\/lora\/eval_browser\n/);
+  await page.click("#eval-btn-start");
+  await page.waitForSelector("#eval-output-box[data-state='finished']", { timeout: 60000 });
+  assert.equal(await page.getAttribute("#eval-progress-wrap", "data-percentage"), "100");
+  assert.match(await page.textContent("#eval-progress-label"), /^Running 3\/3: \S+ < \S+$/);
+  const evalText = await page.textContent("#eval-output-box");
+  for (const k of ["predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l"]) {
+    assert.match(evalText, new RegExp(`"${k}": \\d`), `${k} in the output box`);
+  }
+  const evalOut = path.join(work, "saves/custom/lora/eval_browser");
+  for (const f of ["generated_predictions.jsonl", "predict_results.json", "all_results.json"]) {
+    assert.ok(existsSync(path.join(evalOut, f)), `${f} in ${evalOut}`);
+  }
+  assert.equal(await page.isDisabled("#btn-start"), false, "Train's Start is free again");
+  await page.screenshot({ path: path.join(shots, "08-eval-predict.png"), fullPage: true });
+  log("evaluated the trained adapter: 100%, scores shown");
   assert.ok(!failed, "no JavaScript errors on the page");
   log(`passed; screenshots in ${shots}`);
 } catch (e) {
   // What the page said, and how it looked, when a step failed.
   console.error("output box:", await page.textContent("#output-box").catch(() => "?"));
   console.error("chat info:", await page.textContent("#chat-info").catch(() => "?"));
+  console.error("eval output box:", await page.textContent("#eval-output-box").catch(() => "?"));
   await page.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }).catch(() => {});
   throw e;
 } finally {

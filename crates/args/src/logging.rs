@@ -432,7 +432,9 @@ impl TrainerLog {
         Ok(line)
     }
 
-    /// `on_prediction_step` in an evaluation-only run: a progress line every 5 batches of `total`.
+    /// `on_prediction_step` in an evaluation-only run: a progress line every 5 batches of `total`, and one for the
+    /// last batch. LLaMA-Factory writes only every 5th, so its progress stops short of the end unless `total` is a
+    /// multiple of 5 (its WebUI hides the bar when the run ends); ferrotune's WebUI shows the bar at 100% instead.
     pub fn on_prediction_step(&mut self, total: u64) -> io::Result<Option<Value>> {
         if self.do_train {
             return Ok(None);
@@ -442,7 +444,7 @@ impl TrainerLog {
         }
         let next = self.cur_steps + 1;
         self.timing(next);
-        if !self.cur_steps.is_multiple_of(5) {
+        if !self.cur_steps.is_multiple_of(5) && self.cur_steps != self.max_steps {
             return Ok(None);
         }
         let line = Value::Map(vec![
@@ -1020,12 +1022,20 @@ mod tests {
         let text = std::fs::read_to_string(d.join(TRAINER_LOG)).unwrap();
         assert_eq!(text.lines().count(), 3);
         assert!(text.ends_with("{\"current_steps\": 0, \"total_steps\": 0, \"percentage\": 100, \"elapsed_time\": \"0:00:00\", \"remaining_time\": \"0:00:00\"}\n"));
-        // Evaluation-only runs log every 5 prediction steps.
+        // Evaluation-only runs log every 5 prediction steps and the last one.
         let mut log = TrainerLog::new(&d, true).unwrap();
         let lines: Vec<_> = (0..10)
             .filter_map(|_| log.on_prediction_step(10).unwrap())
             .collect();
         assert_eq!(lines.len(), 2);
+        let mut log = TrainerLog::new(&d, true).unwrap();
+        let steps: Vec<_> = (0..7)
+            .filter_map(|_| log.on_prediction_step(7).unwrap())
+            .map(|line| py_json(&line, None, false))
+            .collect();
+        assert_eq!(steps.len(), 2);
+        assert!(steps[0].starts_with("{\"current_steps\": 5, \"total_steps\": 7, \"percentage\": 71.43,"), "{}", steps[0]);
+        assert!(steps[1].starts_with("{\"current_steps\": 7, \"total_steps\": 7, \"percentage\": 100.0,"), "{}", steps[1]);
     }
 
     #[test]
