@@ -173,8 +173,11 @@ fn page_assets_and_bad_requests() {
 #[test]
 fn start_watch_abort_and_resume_a_tiny_lora_run() {
     let s = start_server("run");
-    // 40 epochs of 8 steps: long enough to abort in the middle.
-    let (status, r) = post(&s, "/api/start", &tiny_run("long", 40));
+    // 40 epochs of 8 steps: long enough to abort in the middle. `form` is what the page sends along (the
+    // values it shows), kept as llamaboard_config.yaml in the output dir.
+    let mut first = tiny_run("long", 40);
+    first["form"] = json!({ "lora_target": "all", "output_dir": "long" });
+    let (status, r) = post(&s, "/api/start", &first);
     assert_eq!(status, 200, "{r}");
     assert_eq!(post(&s, "/api/start", &tiny_run("other", 1)).0, 400, "one run at a time");
     let t0 = Instant::now();
@@ -198,6 +201,15 @@ fn start_watch_abort_and_resume_a_tiny_lora_run() {
     let stopped_at = last.expect("a checkpoint saved at the stop");
     assert!(st["log"].as_str().unwrap().contains(&format!("stopped at step {stopped_at} on request")), "{st}");
     assert!(st["loss"]["raw"].as_array().unwrap().len() as u64 >= stopped_at.min(3), "{st}");
+
+    // Picking that output dir in the page: it says Start will resume there, and gives back the form that
+    // started the run (LLaMA-Factory's check_output_dir); a dir that does not exist is a new run.
+    let (status, info) = post(&s, "/api/output_dir", &json!({ "model_name": "tiny", "finetuning_type": "lora", "output_dir": "long" }));
+    assert_eq!(status, 200, "{info}");
+    assert!(info["message"].as_str().unwrap().contains(&format!("resumes it from checkpoint-{stopped_at}")), "{info}");
+    assert_eq!(info["form"]["lora_target"], "all", "{info}");
+    let (_, fresh) = post(&s, "/api/output_dir", &json!({ "model_name": "tiny", "finetuning_type": "lora", "output_dir": "brand_new" }));
+    assert_eq!(fresh["exists"], false, "{fresh}");
 
     // The same output dir again: resumed from that checkpoint, not overwritten.
     let (_, p) = post(&s, "/api/preview", &tiny_run("long", 40));

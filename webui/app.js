@@ -592,20 +592,39 @@ async function saveArgs() {
   }
 }
 
+// Put a saved form's values into the page (every field but the ones named in `keep`).
+async function applyForm(form, keep) {
+  for (const [k, v] of Object.entries(form)) {
+    const f = field(k);
+    if (f && !f.el.disabled && !keep.includes(k)) setValue(f, v);
+  }
+  showMethodGroups();
+  await refreshDatasets("train");
+  await refreshDatasets("eval");
+  await refreshCheckpoints();
+}
+
 async function loadArgs() {
   try {
     const r = await api("POST", "/api/load_args", { config_path: val("config_path") });
-    for (const [k, v] of Object.entries(r.form)) {
-      const f = field(k);
-      if (f && !f.el.disabled && k !== "config_path") setValue(f, v);
-    }
-    showMethodGroups();
-    await refreshDatasets("train");
-    await refreshDatasets("eval");
-    await refreshCheckpoints();
+    await applyForm(r.form, ["config_path"]);
     say(`${t("msg_loaded")} ${r.path}`);
   } catch (e) {
     say(`${t("msg_error")} ${e.message}`);
+  }
+}
+
+// An output dir that already holds a run: show what Start will do there and load the form that started it.
+async function checkOutputDir() {
+  try {
+    const r = await api("POST", "/api/output_dir", {
+      model_name: savesModelName(), finetuning_type: val("finetuning_type"), output_dir: val("output_dir"),
+    });
+    if (!r.exists) return;
+    if (r.form) await applyForm(r.form, ["config_path", "output_dir", "lang"]);
+    say(r.message, "train");
+  } catch (e) {
+    say(`${t("msg_error")} ${e.message}`, "train");
   }
 }
 
@@ -905,6 +924,7 @@ async function main() {
   });
   field("finetuning_type").el.addEventListener("change", () => { showMethodGroups(); refreshCheckpoints(); });
   field("dataset_dir").el.addEventListener("change", () => refreshDatasets("train"));
+  field("output_dir").el.addEventListener("change", checkOutputDir);
   field("stage").el.addEventListener("change", () => refreshDatasets("train"));
   field("eval_dataset_dir").el.addEventListener("change", () => refreshDatasets("eval"));
   $("#btn-refresh").addEventListener("click", refreshCheckpoints);

@@ -20,6 +20,7 @@
 //! | `POST /api/abort` | stops the run at a step boundary (training saves a checkpoint there) |
 //! | `GET /api/status` | which tab's run, progress, loss points (raw + smoothed), log tail, `all_results.json` once finished |
 //! | `POST /api/save_args` `{config_path, form}` / `POST /api/load_args` `{config_path}` | saved forms |
+//! | `POST /api/output_dir` `{model_name, finetuning_type, output_dir}` | whether Start would resume or refuse it, and the form saved there |
 //! | `POST /api/chat/load` `{args}` / `POST /api/chat/unload` | the Chat tab's model, in this process |
 //! | `POST /api/chat` `{messages, system, temperature, top_p, max_new_tokens}` | one answer, streamed (SSE) |
 //! | `POST /api/export` `{args}` | merges the adapters and writes the model with `ferrotune export` (waits for it) |
@@ -173,6 +174,7 @@ impl WebUi {
                     "/api/abort" => self.lock_runner().abort().map(|m| json!({ "message": m })),
                     "/api/save_args" => self.save_args(&body),
                     "/api/load_args" => self.load_args(&body),
+                    "/api/output_dir" => self.output_dir_info(&body),
                     "/api/chat/load" => self.chat.load(&body),
                     "/api/chat/unload" => self.chat.unload(),
                     "/api/export" => self.export.export(&self.workdir, &body),
@@ -285,6 +287,32 @@ impl WebUi {
         }
         std::fs::write(&path, form::to_yaml(&pairs, "a LLaMA Board form saved by ferrotune webui")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(json!({ "path": rel(&self.workdir, &path) }))
+    }
+
+    /// What Start would do with the Train tab's output dir, and the form that started the run there
+    /// (`llamaboard_config.yaml`), so picking an existing run's dir shows its settings before it is resumed
+    /// (LLaMA-Factory's `check_output_dir`).
+    fn output_dir_info(&self, body: &Json) -> Result<Json, String> {
+        let name = str_field(body, "output_dir").trim();
+        if name.is_empty() {
+            return Ok(json!({ "exists": false }));
+        }
+        let rel_dir = form::save_dir(str_field(body, "model_name"), str_field(body, "finetuning_type"), name);
+        let dir = self.path(&rel_dir);
+        if !dir.is_dir() {
+            return Ok(json!({ "exists": false, "output_dir": rel_dir }));
+        }
+        let message = match form::output_dir_state(&dir, true) {
+            OutputDir::Resume(ck) => format!(
+                "{rel_dir} holds an unfinished run: Start resumes it from {}; its settings are loaded into the form",
+                ck.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            OutputDir::Refuse(why) => why,
+            OutputDir::New => format!("{rel_dir} exists but holds no training output yet; Start uses it"),
+        };
+        let config = dir.join("llamaboard_config.yaml");
+        let form = if config.is_file() { Some(Json::Object(form::from_yaml(&config)?.into_iter().collect())) } else { None };
+        Ok(json!({ "exists": true, "output_dir": rel_dir, "message": message, "form": form }))
     }
 
     fn load_args(&self, body: &Json) -> Result<Json, String> {

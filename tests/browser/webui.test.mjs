@@ -141,6 +141,14 @@ try {
   await page.waitForFunction(() => document.querySelector("#output-box").textContent.includes("finished run"));
   log("second Start on the finished dir refused");
 
+  // Picking an existing run's output dir loads the form that started it and says what Start would do there
+  // (LLaMA-Factory's check_output_dir).
+  await page.fill("#f-lora_rank", "16");
+  await page.dispatchEvent("#f-output_dir", "change");
+  await page.waitForFunction(() => document.querySelector("#f-lora_rank").value === "4");
+  assert.match(await page.textContent("#output-box"), /already holds a finished run/);
+  log("picking the finished run's output dir restored its form");
+
   // Chat with the result: the adapter just trained, picked in the top bar's checkpoint list.
   await page.click("#btn-refresh");
   await page.waitForSelector("#f-checkpoint_path option[value='train_browser']");
