@@ -12,6 +12,8 @@ use crate::{DType, Device, Error, Layout, Result};
 use ferrotune_kernels::LaunchConfig;
 use std::ffi::c_void;
 
+pub(crate) mod fused;
+
 /// Set to 1 to run `Device::Cuda` ops on the host emulation of the kernels (tests, machines without a GPU).
 pub const EMULATE_ENV: &str = "FERROTUNE_CUDA_EMULATE";
 
