@@ -135,9 +135,9 @@ impl Tensor {
         Ok(t.cpu_slice::<T>()?.to_vec())
     }
 
-    /// The elements converted to f64 (any dtype): handy for tests and printing.
+    /// The elements converted to f64 (any dtype, any device: converted on the host): handy for tests and printing.
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        self.to_dtype(DType::F64)?.to_vec::<f64>()
+        self.to_device(Device::Cpu)?.to_dtype(DType::F64)?.to_vec::<f64>()
     }
 
     pub fn to_scalar<T: Element>(&self) -> Result<T> {
