@@ -466,10 +466,17 @@ impl Tensor {
 }
 
 fn cat_storages(parts: &[Tensor]) -> Result<Storage> {
-    let cpu: Vec<&CpuStorage> = parts
-        .iter()
-        .map(|t| t.storage.as_cpu().ok_or_else(|| Error::CudaUnavailable("cat on the GPU".into())))
-        .collect::<Result<_>>()?;
+    if let Some(gpu) = parts.iter().find(|t| t.device() != Device::Cpu) {
+        let on_gpu = parts
+            .iter()
+            .map(|t| match &*t.storage {
+                Storage::Cuda(s) if t.device() == gpu.device() => Ok((s, &t.layout)),
+                _ => Err(Error::DeviceMismatch { op: "cat", lhs: gpu.device(), rhs: t.device() }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Storage::Cuda(CudaStorage::concat(&on_gpu)?));
+    }
+    let cpu: Vec<&CpuStorage> = parts.iter().map(|t| t.storage.as_cpu().expect("all on the cpu")).collect();
     macro_rules! join {
         ($variant:ident) => {{
             let mut out = Vec::new();

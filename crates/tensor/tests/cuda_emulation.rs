@@ -68,6 +68,25 @@ fn strided_views_copy_like_the_cpu() {
     }
 }
 
+/// `cat` copies views into place with the strided-copy kernel: exact.
+#[test]
+fn cat_matches_the_cpu() {
+    emulate();
+    let (a, b) = (randn(40, &[2, 3, 4]), randn(41, &[2, 5, 4]).narrow(1, 1, 3).unwrap());
+    for dtype in [DType::F32, DType::BF16] {
+        let (a, b) = (a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
+        let (ga, gb) = (a.to_device(CUDA).unwrap(), b.to_device(CUDA).unwrap());
+        for dim in [0, 1, 2] {
+            let want = Tensor::cat(&[&a, &b, &a], dim).unwrap();
+            assert_close(&format!("cat dim {dim} {dtype}"), &Tensor::cat(&[&ga, &gb, &ga], dim).unwrap(), &want, 0.0);
+        }
+    }
+    match Tensor::cat(&[&a, &b.to_device(CUDA).unwrap()], 0) {
+        Err(Error::DeviceMismatch { op: "cat", .. }) => {}
+        other => panic!("expected cat's DeviceMismatch for a cpu and a cuda tensor, got {other:?}"),
+    }
+}
+
 #[test]
 fn casts_match_the_cpu() {
     emulate();
