@@ -135,9 +135,9 @@ impl Tensor {
         Ok(t.cpu_slice::<T>()?.to_vec())
     }
 
-    /// The elements converted to f64 (any dtype): handy for tests and printing.
+    /// The elements converted to f64 (any dtype, any device: converted on the host): handy for tests and printing.
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        self.to_dtype(DType::F64)?.to_vec::<f64>()
+        self.to_device(Device::Cpu)?.to_dtype(DType::F64)?.to_vec::<f64>()
     }
 
     pub fn to_scalar<T: Element>(&self) -> Result<T> {
@@ -466,10 +466,17 @@ impl Tensor {
 }
 
 fn cat_storages(parts: &[Tensor]) -> Result<Storage> {
-    let cpu: Vec<&CpuStorage> = parts
-        .iter()
-        .map(|t| t.storage.as_cpu().ok_or_else(|| Error::CudaUnavailable("cat on the GPU".into())))
-        .collect::<Result<_>>()?;
+    if let Some(gpu) = parts.iter().find(|t| t.device() != Device::Cpu) {
+        let on_gpu = parts
+            .iter()
+            .map(|t| match &*t.storage {
+                Storage::Cuda(s) if t.device() == gpu.device() => Ok((s, &t.layout)),
+                _ => Err(Error::DeviceMismatch { op: "cat", lhs: gpu.device(), rhs: t.device() }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Storage::Cuda(CudaStorage::concat(&on_gpu)?));
+    }
+    let cpu: Vec<&CpuStorage> = parts.iter().map(|t| t.storage.as_cpu().expect("all on the cpu")).collect();
     macro_rules! join {
         ($variant:ident) => {{
             let mut out = Vec::new();

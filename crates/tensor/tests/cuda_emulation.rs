@@ -68,6 +68,25 @@ fn strided_views_copy_like_the_cpu() {
     }
 }
 
+/// `cat` copies views into place with the strided-copy kernel: exact.
+#[test]
+fn cat_matches_the_cpu() {
+    emulate();
+    let (a, b) = (randn(40, &[2, 3, 4]), randn(41, &[2, 5, 4]).narrow(1, 1, 3).unwrap());
+    for dtype in [DType::F32, DType::BF16] {
+        let (a, b) = (a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
+        let (ga, gb) = (a.to_device(CUDA).unwrap(), b.to_device(CUDA).unwrap());
+        for dim in [0, 1, 2] {
+            let want = Tensor::cat(&[&a, &b, &a], dim).unwrap();
+            assert_close(&format!("cat dim {dim} {dtype}"), &Tensor::cat(&[&ga, &gb, &ga], dim).unwrap(), &want, 0.0);
+        }
+    }
+    match Tensor::cat(&[&a, &b.to_device(CUDA).unwrap()], 0) {
+        Err(Error::DeviceMismatch { op: "cat", .. }) => {}
+        other => panic!("expected cat's DeviceMismatch for a cpu and a cuda tensor, got {other:?}"),
+    }
+}
+
 #[test]
 fn casts_match_the_cpu() {
     emulate();
@@ -194,13 +213,148 @@ fn swiglu_forward_and_backward_match_the_cpu() {
     }
 }
 
+/// RMSNorm: both sides compute in f32 (the kernel sums x^2 over a block tree, the CPU in order) and round once:
+/// 1e-5 relative for rows of 72 terms; the weight gradient sums 5 rows in f32 atomics vs. in order on the CPU,
+/// same bound. bf16: one bf16 ulp (8e-3) for results next to a rounding boundary. The mixed case (bf16
+/// activations, f32 weight) computes in f32 on both sides and rounds the output to bf16: one ulp again.
+#[test]
+fn rms_norm_forward_and_backward_match_the_cpu() {
+    emulate();
+    use ferrotune_tensor::ops::{rms_norm, rms_norm_backward};
+    let (x, w, grad) = (randn(20, &[72, 5]).t().unwrap(), randn(21, &[72]).affine(0.2, 1.0).unwrap(), randn(22, &[5, 72]));
+    for (xd, wd) in [(DType::F32, DType::F32), (DType::BF16, DType::BF16), (DType::BF16, DType::F32)] {
+        let tol = if xd == DType::F32 { 1e-5 } else { 8e-3 };
+        let (x, w, grad) = (x.to_dtype(xd).unwrap(), w.to_dtype(wd).unwrap(), grad.to_dtype(xd).unwrap());
+        let [gx, gw, gg] = [&x, &w, &grad].map(|t| t.to_device(CUDA).unwrap());
+        let what = format!("rms_norm x {xd} weight {wd}");
+        assert_close(&what, &rms_norm(&gx, &gw, 1e-5).unwrap(), &rms_norm(&x, &w, 1e-5).unwrap(), tol);
+        let (want_x, want_w) = rms_norm_backward(&x, &w, 1e-5, &grad).unwrap();
+        let (got_x, got_w) = rms_norm_backward(&gx, &gw, 1e-5, &gg).unwrap();
+        assert_close(&format!("{what} d x"), &got_x, &want_x, tol);
+        assert_close(&format!("{what} d weight"), &got_w, &want_w, if wd == DType::F32 { 1e-5 } else { 8e-3 });
+    }
+}
+
+/// RoPE: the device evaluates its cos/sin table with the rope_table kernel (f64 angles, rounded once to f32, as
+/// RopeTable does on the host: equal up to libm's last f64 bit), then both sides rotate in f32: 1e-6 relative.
+/// bf16: one bf16 ulp.
+#[test]
+fn rope_forward_and_backward_match_the_cpu() {
+    emulate();
+    use ferrotune_tensor::ops::{rope, rope_backward, RopeScaling, RopeTable};
+    let llama3 = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16 };
+    let table = RopeTable::new(16, 500_000.0, &llama3, 64, 0).unwrap();
+    // [B, T, H, D] as the strided view attention code produces; positions per batch row restart (packing).
+    let x = randn(23, &[2, 3, 5, 16]).transpose(1, 2).unwrap();
+    let positions = Tensor::from_vec(vec![0i64, 1, 2, 3, 4, 7, 0, 1, 2, 63], &[2, 5]).unwrap();
+    let gpos = positions.to_device(CUDA).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+        let x = x.to_dtype(dtype).unwrap();
+        let gx = x.to_device(CUDA).unwrap();
+        assert_close(&format!("rope {dtype}"), &rope(&gx, &table, &gpos).unwrap(), &rope(&x, &table, &positions).unwrap(), tol);
+        // Positions may stay on the host.
+        let want = rope_backward(&x, &table, &positions).unwrap();
+        assert_close(&format!("rope_backward {dtype}"), &rope_backward(&gx, &table, &positions).unwrap(), &want, tol);
+    }
+}
+
+/// Causal GQA attention on packed sequences (segment ids) and on plain batches, forward and backward. Both sides
+/// run FlashAttention-2's online softmax in f32 but over different tiles (32 keys on the device, the CPU's own
+/// blocking): sums of up to 11 keys x 64 dims of unit-normal products differ by f32 rounding, 2e-5 relative
+/// (the kernel harness's bound); dQ is summed by f32 atomics in any order, same bound. bf16: one bf16 ulp.
+#[test]
+fn attention_forward_and_backward_match_the_cpu() {
+    emulate();
+    use ferrotune_tensor::ops::{attention, attention_backward, AttentionOptions};
+    let segments = Tensor::from_vec(vec![0i64, 0, 0, 7, 7, 7, 7, 7, 7, 7, 7, 2, 2], &[1, 13]).unwrap();
+    let cases = [
+        ("packed", [1usize, 13], Some(segments)),
+        ("batched", [2, 6], None),
+    ];
+    for (name, [b, t], segment_ids) in cases {
+        let d = 64;
+        let (q, k, v, grad) = (randn(24, &[b, t, 4, d]), randn(25, &[b, t, 2, d]), randn(26, &[b, t, 2, d]), randn(27, &[b, t, 4, d]));
+        let opts = AttentionOptions { causal: true, scale: None, segment_ids: segment_ids.clone() };
+        let gopts = AttentionOptions { segment_ids: segment_ids.map(|s| s.to_device(CUDA).unwrap()), ..opts.clone() };
+        for dtype in [DType::F32, DType::BF16] {
+            let tol = if dtype == DType::F32 { 2e-5 } else { 8e-3 };
+            let [q, k, v, grad] = [&q, &k, &v, &grad].map(|t| t.to_dtype(dtype).unwrap());
+            let [gq, gk, gv, gg] = [&q, &k, &v, &grad].map(|t| t.to_device(CUDA).unwrap());
+            let what = format!("attention {name} {dtype}");
+            let (want_out, want_lse) = attention(&q, &k, &v, &opts).unwrap();
+            let (got_out, got_lse) = attention(&gq, &gk, &gv, &gopts).unwrap();
+            assert_close(&format!("{what} out"), &got_out, &want_out, tol);
+            assert_close(&format!("{what} lse"), &got_lse, &want_lse, 2e-5);
+            let want = attention_backward(&q, &k, &v, &want_out, &want_lse, &grad, &opts).unwrap();
+            let got = attention_backward(&gq, &gk, &gv, &got_out, &got_lse, &gg, &gopts).unwrap();
+            assert_close(&format!("{what} d q"), &got.0, &want.0, tol);
+            assert_close(&format!("{what} d k"), &got.1, &want.1, tol);
+            assert_close(&format!("{what} d v"), &got.2, &want.2, tol);
+        }
+    }
+    // What the kernels do not take is refused, naming the limit.
+    let odd = randn(28, &[1, 4, 2, 16]).to_device(CUDA).unwrap();
+    let err = attention(&odd, &odd, &odd, &AttentionOptions { causal: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("head_dim 64 or 128"), "{err}");
+}
+
+/// Cross-entropy and the lm_head + cross-entropy the model's loss uses. lse: the kernel's online log-sum-exp in
+/// f32 (a block tree) vs. the CPU's chunked online one: 2e-5 relative. The mean loss sums 4 row losses in f32 on
+/// the device, in f64 on the CPU: 2e-5. Gradients are `w (p - onehot)` from those lse values: 2e-5 of 1 + |g|
+/// (p and w are below 1). Through the GEMMs (k = 24 or 120 f32 products) the hidden / weight gradients keep
+/// the same bound. bf16 logits: one bf16 ulp of the gradient.
+#[test]
+fn cross_entropy_and_linear_cross_entropy_match_the_cpu() {
+    emulate();
+    use ferrotune_tensor::ops::{cross_entropy, cross_entropy_backward, linear_cross_entropy, Reduction, IGNORE_INDEX};
+    let targets = Tensor::from_vec(vec![3i64, IGNORE_INDEX, 119, 0, 57], &[5]).unwrap();
+    let logits = randn(29, &[5, 120]).scale(3.0).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 2e-5 } else { 8e-3 };
+        let logits = logits.to_dtype(dtype).unwrap();
+        let glogits = logits.to_device(CUDA).unwrap();
+        for reduction in [Reduction::Mean, Reduction::Sum] {
+            let what = format!("cross_entropy {dtype} {reduction:?}");
+            let want = cross_entropy(&logits, &targets, IGNORE_INDEX, reduction).unwrap();
+            let got = cross_entropy(&glogits, &targets, IGNORE_INDEX, reduction).unwrap();
+            assert_eq!(got.n_valid, 4, "{what}: n_valid");
+            assert_close(&format!("{what} loss"), &got.loss, &want.loss, 2e-5);
+            assert_close(&format!("{what} lse"), &got.lse, &want.lse, 2e-5);
+            let want_g = cross_entropy_backward(&logits, &targets, &want.lse, IGNORE_INDEX, reduction, 4, 0.5).unwrap();
+            let got_g = cross_entropy_backward(&glogits, &targets, &got.lse, IGNORE_INDEX, reduction, 4, 0.5).unwrap();
+            assert_close(&format!("{what} grad"), &got_g, &want_g, tol);
+        }
+    }
+    let (hidden, weight) = (randn(30, &[5, 24]), randn(31, &[120, 24]));
+    for wd in [DType::F32, DType::BF16] {
+        let weight = weight.to_dtype(wd).unwrap();
+        let (gh, gw) = (hidden.to_device(CUDA).unwrap(), weight.to_device(CUDA).unwrap());
+        let want = linear_cross_entropy(&hidden, &weight, &targets, IGNORE_INDEX, Reduction::Mean, true).unwrap();
+        let got = linear_cross_entropy(&gh, &gw, &targets, IGNORE_INDEX, Reduction::Mean, true).unwrap();
+        let what = format!("linear_cross_entropy weight {wd}");
+        assert_eq!(got.n_valid, want.n_valid, "{what}: n_valid");
+        assert_close(&format!("{what} loss"), &got.loss, &want.loss, 2e-5);
+        assert_close(&format!("{what} grad hidden"), &got.grad_hidden, &want.grad_hidden, 2e-5);
+        let tol = if wd == DType::F32 { 2e-5 } else { 8e-3 };
+        assert_close(&format!("{what} grad weight"), got.grad_weight.as_ref().unwrap(), want.grad_weight.as_ref().unwrap(), tol);
+        let frozen = linear_cross_entropy(&gh, &gw, &targets, IGNORE_INDEX, Reduction::Mean, false).unwrap();
+        assert!(frozen.grad_weight.is_none(), "a frozen lm_head gets no weight gradient");
+    }
+    let bad = Tensor::from_vec(vec![3i64, 120, 0, 1, 2], &[5]).unwrap();
+    match cross_entropy(&logits.to_device(CUDA).unwrap(), &bad, IGNORE_INDEX, Reduction::Mean) {
+        Err(Error::IndexOutOfRange { index: 120, size: 120, .. }) => {}
+        other => panic!("expected IndexOutOfRange for target 120, got {other:?}"),
+    }
+}
+
 #[test]
 fn unwired_ops_name_themselves() {
     emulate();
     let gpu = randn(5, &[2, 2]).to_device(CUDA).unwrap();
-    let fused = ferrotune_tensor::ops::rms_norm(&gpu, &gpu.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(), 1e-6);
     let softmax = ferrotune_tensor::ops::softmax_last(&gpu);
-    for (op, result) in [("rms_norm", fused), ("softmax", softmax)] {
+    let dropout = ferrotune_tensor::ops::dropout(&gpu, 0.1, 7);
+    for (op, result) in [("softmax", softmax), ("dropout", dropout)] {
         match result {
             Err(Error::CudaUnavailable(msg)) => assert!(msg.contains(op), "{op}: {msg}"),
             other => panic!("{op}: expected a CudaUnavailable error naming the op, got {other:?}"),

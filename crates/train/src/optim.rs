@@ -180,7 +180,9 @@ impl Optimizer {
                     adafactor_apply(&mut p, &mut u, lr, wd);
                 }
             }
-            let value = Tensor::from_vec(p, var.shape())?.to_dtype(dtype)?;
+            // The update runs on the host; the new value goes back where the parameter lives (a GPU's copy
+            // stays there).
+            let value = Tensor::from_vec(p, var.shape())?.to_dtype(dtype)?.to_device(var.value().device())?;
             **var = Var::param(value);
         }
         Ok(())

@@ -15,7 +15,7 @@
 
 use crate::{bail, Result};
 use ferrotune_tensor::ops::IGNORE_INDEX;
-use ferrotune_tensor::Tensor;
+use ferrotune_tensor::{Device, Tensor};
 
 /// Packed sequences ready for [`super::LlamaModel`]; see the module docs for the layout.
 #[derive(Debug, Clone)]
@@ -87,6 +87,17 @@ impl Batch {
             segment_ids: segment_ids.map(|s| Tensor::from_vec(s.to_vec(), &[1, n])).transpose()?,
             sequence_lengths,
             max_position: position_ids.iter().copied().max().unwrap_or(0) as usize,
+        })
+    }
+
+    /// This batch with its id tensors on `device` (where the model's parameters are; see
+    /// [`super::LlamaModel::to_device`]).
+    pub fn to_device(&self, device: Device) -> Result<Batch> {
+        Ok(Batch {
+            input_ids: self.input_ids.to_device(device)?,
+            position_ids: self.position_ids.to_device(device)?,
+            segment_ids: self.segment_ids.as_ref().map(|s| s.to_device(device)).transpose()?,
+            ..self.clone()
         })
     }
 

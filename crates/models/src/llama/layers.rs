@@ -160,7 +160,7 @@ pub(crate) fn embedding(table: &Var, tokens: &[u32], ids: &Tensor, padding_idx: 
         Some(pad) if table.requires_grad() && tokens.contains(&pad) => {
             let vocab = table.shape()[0];
             let keep: Vec<f64> = tokens.iter().map(|&t| if t == pad { 0.0 } else { 1.0 }).collect();
-            let keep = Tensor::from_vec(keep, &[tokens.len(), 1])?.to_dtype(table.value().dtype())?;
+            let keep = Tensor::from_vec(keep, &[tokens.len(), 1])?.to_dtype(table.value().dtype())?.to_device(table.value().device())?;
             let ids_saved = ids.clone();
             Var::from_fn(table.value().index_select(ids)?, &[table], "embedding(padding_idx)", move |g| {
                 Ok(vec![Some(g.mul(&keep)?.index_add_rows(&ids_saved, vocab)?)])

@@ -38,7 +38,7 @@ use crate::{bail, Architecture, Error, ModelConfig, Result, WeightDType, WeightM
 use ferrotune_autograd::Var;
 use ferrotune_tensor::ops::{AttentionOptions, Reduction, RopeScaling, RopeTable, IGNORE_INDEX};
 use ferrotune_tensor::rng::mix64;
-use ferrotune_tensor::{DType, Tensor};
+use ferrotune_tensor::{DType, Device, Tensor};
 use std::sync::Arc;
 
 /// q/k/v/o projections of one layer (HF `self_attn`).
@@ -398,6 +398,17 @@ impl LlamaModel {
             out.push(("lm_head.weight".to_string(), w));
         }
         out
+    }
+
+    /// Move every parameter (LoRA matrices included) to `device`, keeping each one's trainability; gradients
+    /// accumulated so far are dropped. Batches go along with [`Batch::to_device`]; the RoPE table stays on the
+    /// host (the device evaluates its cos/sin from the table's frequencies).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for (name, var) in self.collect_parameters_mut(true) {
+            let value = var.value().to_device(device).map_err(|e| Error::msg(format!("{name}: {e}")))?;
+            *var = if var.requires_grad() { Var::param(value) } else { Var::constant(value) };
+        }
+        Ok(())
     }
 
     /// Make the parameters whose HF name satisfies `trainable` leaves that receive gradients (`Var::param`) and

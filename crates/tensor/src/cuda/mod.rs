@@ -12,6 +12,8 @@ use crate::{DType, Device, Error, Layout, Result};
 use ferrotune_kernels::LaunchConfig;
 use std::ffi::c_void;
 
+pub(crate) mod fused;
+
 /// Set to 1 to run `Device::Cuda` ops on the host emulation of the kernels (tests, machines without a GPU).
 pub const EMULATE_ENV: &str = "FERROTUNE_CUDA_EMULATE";
 
@@ -178,6 +180,13 @@ impl CudaStorage {
 
     /// A fresh contiguous copy of what `layout` selects, through the strided-copy kernel.
     fn contiguous(&self, layout: &Layout) -> Result<CudaStorage> {
+        let out = CpuStorage::zeros(layout.elem_count(), self.dtype());
+        self.copy_view_into(layout, &out, 0)?;
+        Ok(self.with_buffer(out))
+    }
+
+    /// Copy what `layout` selects, in row-major order, into `out` from element `at` on (strided-copy kernel).
+    fn copy_view_into(&self, layout: &Layout, out: &CpuStorage, at: usize) -> Result<()> {
         let suffix = kernel_dtype("copy_strided", self.dtype())?;
         let rank = layout.rank();
         if rank > KERNEL_RANK {
@@ -193,16 +202,33 @@ impl CudaStorage {
             shape.strides[pad + d] = layout.strides()[d] as i64;
         }
         let n = layout.elem_count();
-        let out = CpuStorage::zeros(n, self.dtype());
         if n == 0 {
-            return Ok(self.with_buffer(out));
+            return Ok(());
         }
-        let (mut src, mut dst) = (buffer_ptr("copy_strided", &self.buffer)?, buffer_ptr("copy_strided", &out)?);
+        assert!(at + n <= out.len() && out.dtype() == self.dtype(), "copy_view_into: destination too small or of another dtype");
+        let mut src = buffer_ptr("copy_strided", &self.buffer)?;
+        // SAFETY: `at + n <= out.len()` (asserted above), so the offset pointer stays inside `out`.
+        let mut dst = unsafe { (buffer_ptr("copy_strided", out)? as *mut u8).add(at * self.dtype().size_in_bytes()) } as *mut c_void;
         let mut args = [&mut src as *mut _ as *mut c_void, &mut dst as *mut _ as *mut c_void, &mut shape as *mut _ as *mut c_void];
         // SAFETY: copy_strided_T(const T* in, T* out, StridedShape s); the layout stays inside `self.buffer`
-        // (a Tensor's layout never points past its storage) and `out` holds its n elements.
-        unsafe { self.target.launch(&format!("copy_strided_{suffix}"), grid_for(n), &mut args)? };
-        Ok(self.with_buffer(out))
+        // (a Tensor's layout never points past its storage) and `out` holds n elements from `at`.
+        unsafe { self.target.launch(&format!("copy_strided_{suffix}"), grid_for(n), &mut args) }
+    }
+
+    /// The views `parts` joined end to end in one fresh buffer (`Tensor::cat`, which moves the joined dim first),
+    /// each copied into its place by the strided-copy kernel.
+    pub(crate) fn concat(parts: &[(&CudaStorage, &Layout)]) -> Result<CudaStorage> {
+        let first = parts.first().ok_or_else(|| Error::Msg("cat: no tensors given".into()))?.0;
+        let out = CpuStorage::zeros(parts.iter().map(|(_, l)| l.elem_count()).sum(), first.dtype());
+        let mut at = 0;
+        for (storage, layout) in parts {
+            if storage.dtype() != first.dtype() {
+                return Err(Error::DTypeMismatch { op: "cat", lhs: first.dtype(), rhs: storage.dtype() });
+            }
+            storage.copy_view_into(layout, &out, at)?;
+            at += layout.elem_count();
+        }
+        Ok(first.with_buffer(out))
     }
 
     /// `ft_pointwise` op `op` (a UnaryOp index, or affine / powf with parameters `a`, `b`) on a contiguous buffer.

@@ -26,7 +26,11 @@ pub struct AttentionOptions {
 /// is unit-stride are read in place. bf16/f16 inputs compute in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
-    let call = AttentionCall::new(OP, q, k, v, opts)?;
+    let checked = CheckedCall::new(OP, q, k, v, opts)?;
+    if let Storage::Cuda(_) = q.storage() {
+        return crate::cuda::fused::attention(q, k, v, checked.scale, opts.causal, checked.segment_ids.as_deref());
+    }
+    let call = AttentionCall::new(checked, q, k, v, opts.causal)?;
     let (b, t, hq, _) = call.q_shape;
     let (out, lse) = float_dispatch!(OP, call.compute, F => {
         let (qv, kv, vv) = (heads_view::<F>(OP, &call.q)?, heads_view::<F>(OP, &call.k)?, heads_view::<F>(OP, &call.v)?);
@@ -48,10 +52,10 @@ pub fn attention_backward(
     opts: &AttentionOptions,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
-    let call = AttentionCall::new(OP, q, k, v, opts)?;
-    let (b, t, hq, _) = call.q_shape;
+    let checked = CheckedCall::new(OP, q, k, v, opts)?;
+    let (b, t, hq, _) = checked.q_shape;
     for (name, x) in [("out", out), ("grad_out", grad_out), ("lse", lse)] {
-        check_float_cpu(OP, name, x)?;
+        check_float(OP, name, x)?;
     }
     for (name, x) in [("out", out), ("grad_out", grad_out)] {
         if x.shape() != q.shape() {
@@ -61,6 +65,11 @@ pub fn attention_backward(
     if lse.shape() != [b, hq, t] {
         return Err(Error::BadShape { op: OP, msg: format!("lse is {:?}; expected [B, Hq, T] = {:?}", lse.shape(), [b, hq, t]) });
     }
+    if let Storage::Cuda(_) = q.storage() {
+        let segments = checked.segment_ids.as_deref();
+        return crate::cuda::fused::attention_backward(q, k, v, out, lse, grad_out, checked.scale, opts.causal, segments);
+    }
+    let call = AttentionCall::new(checked, q, k, v, opts.causal)?;
     let out = unit_stride_operand(out, call.compute)?;
     let grad_out = unit_stride_operand(grad_out, call.compute)?;
     let lse = lse.to_dtype(call.compute)?.contiguous()?;
@@ -86,10 +95,18 @@ struct AttentionCall {
     segment_ids: Option<Vec<i64>>,
 }
 
-impl AttentionCall {
+/// What both backends check of one attention call: shapes, dtypes, the scale and the segment ids (read back to
+/// the host as i64).
+struct CheckedCall {
+    q_shape: (usize, usize, usize, usize),
+    scale: f64,
+    segment_ids: Option<Vec<i64>>,
+}
+
+impl CheckedCall {
     fn new(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Self> {
         for (name, x) in [("q", q), ("k", k), ("v", v)] {
-            check_float_cpu(op, name, x)?;
+            check_float(op, name, x)?;
             if x.rank() != 4 {
                 return Err(Error::BadShape { op, msg: format!("{name} must be [batch, seq, heads, head_dim], got {:?}", x.shape()) });
             }
@@ -120,9 +137,6 @@ impl AttentionCall {
         let segment_ids = match &opts.segment_ids {
             None => None,
             Some(seg) => {
-                if let Storage::Cuda(_) = seg.storage() {
-                    return crate::cuda::unavailable(op);
-                }
                 if !matches!(seg.dtype(), DType::I32 | DType::I64) {
                     return Err(Error::Msg(format!("{op}: segment ids must be i32 or i64, got {}", seg.dtype())));
                 }
@@ -132,18 +146,27 @@ impl AttentionCall {
                         msg: format!("segment ids must be [B, T] = [{b}, {t}] with S == T; got {:?} and S = {}", seg.shape(), ks[1]),
                     });
                 }
-                Some(seg.to_dtype(DType::I64)?.to_vec::<i64>()?)
+                // Ids on a GPU are read back: both backends need them on the host (the CUDA one as cu_seqlens).
+                Some(seg.to_device(crate::Device::Cpu)?.to_dtype(DType::I64)?.to_vec::<i64>()?)
             }
         };
+        Ok(CheckedCall { q_shape: (b, t, hq, d), scale, segment_ids })
+    }
+}
+
+impl AttentionCall {
+    /// The CPU kernels' operands of a checked call: unit-stride views in the compute dtype.
+    fn new(checked: CheckedCall, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Self> {
+        let CheckedCall { q_shape, scale, segment_ids } = checked;
         let compute = q.dtype().compute_dtype();
         Ok(AttentionCall {
             q: unit_stride_operand(q, compute)?,
             k: unit_stride_operand(k, compute)?,
             v: unit_stride_operand(v, compute)?,
-            q_shape: (b, t, hq, d),
+            q_shape,
             compute,
             scale,
-            causal: opts.causal,
+            causal,
             segment_ids,
         })
     }
@@ -160,11 +183,8 @@ fn heads_view<'a, F: Element>(op: &'static str, x: &'a Tensor) -> Result<HeadsVi
     HeadsView::new(cpu.as_slice::<F>()?, l.offset(), [s[0], s[1], s[2], s[3]], [l.strides()[0], l.strides()[1], l.strides()[2]])
 }
 
-/// A CPU float tensor, or the error that says why not (GPU tensors get the CUDA backend's answer).
-fn check_float_cpu(op: &'static str, name: &str, x: &Tensor) -> Result<()> {
-    if let Storage::Cuda(_) = x.storage() {
-        return crate::cuda::unavailable(op);
-    }
+/// A float tensor, or the error that says why not.
+fn check_float(op: &'static str, name: &str, x: &Tensor) -> Result<()> {
     if !x.dtype().is_float() {
         return Err(Error::Msg(format!("{op}: {name} has dtype {}; attention needs a float dtype", x.dtype())));
     }

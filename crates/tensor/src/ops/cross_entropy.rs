@@ -73,6 +73,19 @@ pub struct CrossEntropyOutput {
 /// nothing to the loss, not poison it. Targets outside `[0, V)` other than `ignore_index` are an error.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i64, reduction: Reduction) -> Result<CrossEntropyOutput> {
     const OP: &str = "cross_entropy";
+    if let Storage::Cuda(_) = logits.storage() {
+        let (n, vocab) = device_logits_shape(OP, logits)?;
+        let targets = checked_targets(OP, targets, n, vocab, ignore_index)?;
+        let n_valid = targets.iter().filter(|&&t| t != ignore_index).count();
+        let (lse, row_losses) = crate::cuda::fused::cross_entropy_rows(logits, &targets, ignore_index)?;
+        let loss = row_losses.sum_all()?;
+        let loss = match reduction {
+            Reduction::Sum => loss,
+            Reduction::Mean if n_valid == 0 => loss.zeros_like()?,
+            Reduction::Mean => loss.scale(1.0 / n_valid as f64)?,
+        };
+        return Ok(CrossEntropyOutput { loss, lse, n_valid });
+    }
     let logits = logits_operand(OP, logits)?;
     let targets = targets_vec(OP, targets, logits.shape()[0])?;
     let compute = logits.dtype().compute_dtype();
@@ -102,20 +115,21 @@ pub fn cross_entropy_backward(
     grad_loss: f64,
 ) -> Result<Tensor> {
     const OP: &str = "cross_entropy_backward";
-    let logits = logits_operand(OP, logits)?;
-    let shape = logits.shape().to_vec();
-    let targets = targets_vec(OP, targets, shape[0])?;
-    if let Storage::Cuda(_) = lse.storage() {
-        return crate::cuda::unavailable(OP);
-    }
-    if lse.shape() != [shape[0]] || !lse.dtype().is_float() {
-        return Err(Error::BadShape { op: OP, msg: format!("lse must be [N] = [{}] floats, got {:?} {}", shape[0], lse.shape(), lse.dtype()) });
-    }
     let row_weight = match reduction {
         Reduction::Sum => grad_loss,
         Reduction::Mean if n_valid == 0 => 0.0,
         Reduction::Mean => grad_loss / n_valid as f64,
     };
+    if let Storage::Cuda(_) = logits.storage() {
+        let (n, vocab) = device_logits_shape(OP, logits)?;
+        let targets = checked_targets(OP, targets, n, vocab, ignore_index)?;
+        check_lse(OP, lse, n)?;
+        return crate::cuda::fused::cross_entropy_grad(logits, &targets, lse, ignore_index, row_weight);
+    }
+    let logits = logits_operand(OP, logits)?;
+    let shape = logits.shape().to_vec();
+    let targets = targets_vec(OP, targets, shape[0])?;
+    check_lse(OP, lse, shape[0])?;
     let lse = lse.to_dtype(logits.dtype().compute_dtype())?.contiguous()?;
     with_logits!(OP, &logits, (rows, F) => {
         let grad = ce_backward_kernel::<_, F>(rows, &targets, lse.cpu_slice::<F>()?, ignore_index, F::from_f64(row_weight))?;
@@ -157,9 +171,6 @@ pub fn linear_cross_entropy(
 ) -> Result<LinearCrossEntropyOutput> {
     const OP: &str = "linear_cross_entropy";
     for (name, x) in [("hidden", hidden), ("weight", weight)] {
-        if let Storage::Cuda(_) = x.storage() {
-            return crate::cuda::unavailable(OP);
-        }
         if !x.dtype().is_float() {
             return Err(Error::UnsupportedDType { op: OP, dtype: x.dtype() });
         }
@@ -177,6 +188,10 @@ pub fn linear_cross_entropy(
     let compute = hidden.dtype().compute_dtype();
     if compute != weight.dtype().compute_dtype() {
         return Err(Error::DTypeMismatch { op: OP, lhs: hidden.dtype(), rhs: weight.dtype() });
+    }
+    if let Storage::Cuda(_) = hidden.storage() {
+        let targets = checked_targets(OP, targets, n, v, ignore_index)?;
+        return linear_cross_entropy_on_device(hidden, weight, &targets, ignore_index, reduction, compute_grad_weight);
     }
     let targets = targets_vec(OP, targets, n)?;
     let counted_valid = targets.iter().filter(|&&t| t != ignore_index).count();
@@ -218,6 +233,62 @@ pub fn linear_cross_entropy(
     })
 }
 
+/// [`linear_cross_entropy`] on the CUDA backend, unfused: the `[N, V]` f32 logits are made by the GEMM kernel,
+/// the cross-entropy kernels give the loss and `dL/dlogits`, and two more GEMMs the gradients. Same math and
+/// compute dtype (f32) as the CPU's fused kernel; the logits strip is the whole matrix here (a fused device
+/// kernel is future work), so device memory grows with `N * V`.
+fn linear_cross_entropy_on_device(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[i64],
+    ignore_index: i64,
+    reduction: Reduction,
+    compute_grad_weight: bool,
+) -> Result<LinearCrossEntropyOutput> {
+    let compute = hidden.dtype().compute_dtype();
+    let (hidden_c, weight_c) = (hidden.to_dtype(compute)?, weight.to_dtype(compute)?);
+    let logits = hidden_c.matmul(&weight_c.t()?)?;
+    let n_valid = targets.iter().filter(|&&t| t != ignore_index).count();
+    let (lse, row_losses) = crate::cuda::fused::cross_entropy_rows(&logits, targets, ignore_index)?;
+    let row_weight = match reduction {
+        Reduction::Mean if n_valid > 0 => 1.0 / n_valid as f64,
+        Reduction::Mean => 0.0,
+        Reduction::Sum => 1.0,
+    };
+    let loss = row_losses.sum_all()?.scale(row_weight)?;
+    let grad_logits = crate::cuda::fused::cross_entropy_grad(&logits, targets, &lse, ignore_index, row_weight)?;
+    let grad_hidden = grad_logits.matmul(&weight_c)?.to_dtype(hidden.dtype())?;
+    let grad_weight = if compute_grad_weight { Some(grad_logits.t()?.matmul(&hidden_c)?.to_dtype(weight.dtype())?) } else { None };
+    Ok(LinearCrossEntropyOutput { loss, n_valid, grad_hidden, grad_weight })
+}
+
+/// `[N, V]` float logits on the device: `(N, V)`.
+fn device_logits_shape(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {
+    if !logits.dtype().is_float() {
+        return Err(Error::UnsupportedDType { op, dtype: logits.dtype() });
+    }
+    match *logits.shape() {
+        [n, v] => Ok((n, v)),
+        _ => Err(Error::BadShape { op, msg: format!("logits must be [N, V] (reshape first), got {:?}", logits.shape()) }),
+    }
+}
+
+/// [`targets_vec`], each `ignore_index` or a class in `[0, vocab)` (the CPU kernels' `IndexOutOfRange` otherwise).
+fn checked_targets(op: &'static str, targets: &Tensor, n: usize, vocab: usize, ignore_index: i64) -> Result<Vec<i64>> {
+    let targets = targets_vec(op, targets, n)?;
+    if let Some(&t) = targets.iter().find(|&&t| t != ignore_index && !(0..vocab as i64).contains(&t)) {
+        return Err(Error::IndexOutOfRange { op, index: t, size: vocab });
+    }
+    Ok(targets)
+}
+
+fn check_lse(op: &'static str, lse: &Tensor, n: usize) -> Result<()> {
+    if lse.shape() != [n] || !lse.dtype().is_float() {
+        return Err(Error::BadShape { op, msg: format!("lse must be [N] = [{n}] floats, got {:?} {}", lse.shape(), lse.dtype()) });
+    }
+    Ok(())
+}
+
 /// Vocab columns per task of the fused kernel: 4096 (big enough GEMMs), fewer when that would leave threads
 /// idle, never under 256.
 fn vocab_chunk_for(vocab: usize) -> usize {
@@ -257,18 +328,15 @@ fn row_major<'a, T: Element>(op: &'static str, logits: &'a Tensor) -> Result<Row
     RowMajor::new(cpu.as_slice::<T>()?, l.offset(), s[0], s[1], l.strides()[0])
 }
 
-/// `targets [n]` (i32 or i64) as i64.
+/// `targets [n]` (i32 or i64, read back to the host when on a GPU) as i64.
 fn targets_vec(op: &'static str, targets: &Tensor, n: usize) -> Result<Vec<i64>> {
-    if let Storage::Cuda(_) = targets.storage() {
-        return crate::cuda::unavailable(op);
-    }
     if !matches!(targets.dtype(), DType::I32 | DType::I64) {
         return Err(Error::Msg(format!("{op}: targets must be i32 or i64 class indices, got {}", targets.dtype())));
     }
     if targets.shape() != [n] {
         return Err(Error::BadShape { op, msg: format!("targets must be [N] = [{n}], got {:?}", targets.shape()) });
     }
-    targets.to_dtype(DType::I64)?.to_vec::<i64>()
+    targets.to_device(crate::Device::Cpu)?.to_dtype(DType::I64)?.to_vec::<i64>()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::{cpu_compute_input, to_input_dtype};
 use crate::cpu::kernels::rms_norm as kernel;
 use crate::element::{Element, Float};
-use crate::{Error, Result, Tensor};
+use crate::{Error, Result, Storage, Tensor};
 
 /// Shapes and eps shared by forward and backward; returns the hidden size.
 fn check(op: &'static str, x: &Tensor, weight: &Tensor, eps: f64) -> Result<usize> {
@@ -30,6 +30,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if x.elem_count() == 0 || hidden == 0 {
         return x.zeros_like();
     }
+    if let Storage::Cuda(_) = x.storage() {
+        return crate::cuda::fused::rms_norm(x, weight, eps);
+    }
     let xc = cpu_compute_input(OP, x)?;
     let wc = cpu_compute_input(OP, weight)?.to_dtype(xc.dtype())?;
     let out = super::float_dispatch!(OP, xc.dtype(), T => {
@@ -50,6 +53,9 @@ pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, eps: f64, grad_out: &Tenso
     }
     if x.elem_count() == 0 || hidden == 0 {
         return Ok((x.zeros_like()?, weight.zeros_like()?));
+    }
+    if let Storage::Cuda(_) = x.storage() {
+        return crate::cuda::fused::rms_norm_backward(x, weight, eps, grad_out);
     }
     let xc = cpu_compute_input(OP, x)?;
     let wc = cpu_compute_input(OP, weight)?.to_dtype(xc.dtype())?;

@@ -10,7 +10,7 @@
 use super::{cpu_compute_input, to_input_dtype};
 use crate::cpu::kernels::rope as kernel;
 use crate::element::Float;
-use crate::{bail, DType, Error, Result, Tensor};
+use crate::{bail, DType, Error, Result, Storage, Tensor};
 use std::borrow::Cow;
 use std::f64::consts::PI;
 
@@ -300,6 +300,9 @@ fn apply(op: &'static str, x: &Tensor, table: &RopeTable, positions: &Tensor, in
     let rows = row_positions(op, positions, batch, seq, table.max_positions())?;
     if x.elem_count() == 0 {
         return x.zeros_like();
+    }
+    if let Storage::Cuda(_) = x.storage() {
+        return crate::cuda::fused::rope(op, x, &table.inv_freq, table.attention_scaling, &rows, inverse);
     }
     let xc = cpu_compute_input(op, x)?;
     let needed = rows.iter().max().map_or(0, |&p| p + 1);
