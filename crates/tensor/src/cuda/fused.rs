@@ -3,50 +3,11 @@
 //! both backends) and call these for tensors on `Device::Cuda`; these gather their operands into contiguous
 //! device buffers of a dtype the kernels take (f32 or bf16) and launch.
 
-use super::{kernel_dtype, CudaStorage, BLOCK_THREADS, MAX_BLOCKS};
+use super::{kernel_dtype, CudaStorage, KernelArgs, BLOCK_THREADS, MAX_BLOCKS};
 use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
 use crate::{DType, Device, Error, Result, Storage, Tensor};
 use ferrotune_kernels::LaunchConfig;
-use std::any::Any;
-use std::ffi::c_void;
-
-/// Kernel parameters in order, each kept alive here and passed by address, as cuLaunchKernel takes them.
-#[derive(Default)]
-struct KernelArgs(Vec<Box<dyn Any>>);
-
-impl KernelArgs {
-    fn val<T: Copy + 'static>(mut self, v: T) -> Self {
-        self.0.push(Box::new(v));
-        self
-    }
-    /// The device address of a buffer's first element.
-    fn buf(self, s: &CudaStorage) -> Self {
-        self.val(raw_ptr(&s.buffer))
-    }
-    fn null(self) -> Self {
-        self.val(std::ptr::null_mut::<c_void>())
-    }
-    /// # Safety
-    /// The parameters must be the kernel's, in order, and every buffer must cover what the kernel touches.
-    unsafe fn launch(mut self, target: &CudaStorage, name: &str, config: LaunchConfig) -> Result<()> {
-        let mut args: Vec<*mut c_void> = self.0.iter_mut().map(|b| (&mut **b as *mut dyn Any) as *mut c_void).collect();
-        target.target.launch(name, config, &mut args)
-    }
-}
-
-/// The address of a buffer's first element, any dtype.
-fn raw_ptr(buffer: &CpuStorage) -> *mut c_void {
-    match buffer {
-        CpuStorage::F32(v) => v.as_ptr() as *mut c_void,
-        CpuStorage::F64(v) => v.as_ptr() as *mut c_void,
-        CpuStorage::BF16(v) => v.as_ptr() as *mut c_void,
-        CpuStorage::F16(v) => v.as_ptr() as *mut c_void,
-        CpuStorage::I32(v) => v.as_ptr() as *mut c_void,
-        CpuStorage::I64(v) => v.as_ptr() as *mut c_void,
-        CpuStorage::U8(v) => v.as_ptr() as *mut c_void,
-    }
-}
 
 /// The device storage of `t`, or a `DeviceMismatch` naming `op` when `t` is on the CPU.
 fn device_storage<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a CudaStorage> {

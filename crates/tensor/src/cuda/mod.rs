@@ -10,6 +10,7 @@ use crate::backend::{BackendStorage, BinaryOp, MatmulDims, ReduceOp, UnaryOp};
 use crate::cpu::CpuStorage;
 use crate::{DType, Device, Error, Layout, Result};
 use ferrotune_kernels::LaunchConfig;
+use std::any::Any;
 use std::ffi::c_void;
 
 pub(crate) mod fused;
@@ -131,12 +132,47 @@ fn kernel_dtype(op: &'static str, dtype: DType) -> Result<&'static str> {
     }
 }
 
-/// A raw pointer to the first element of a float buffer (f32 or bf16), as a kernel parameter.
-fn buffer_ptr(op: &'static str, buffer: &CpuStorage) -> Result<*mut c_void> {
+/// Kernel parameters in order, each kept alive here and passed by address, as cuLaunchKernel takes them.
+#[derive(Default)]
+struct KernelArgs(Vec<Box<dyn Any>>);
+
+impl KernelArgs {
+    fn val<T: Copy + 'static>(mut self, v: T) -> Self {
+        self.0.push(Box::new(v));
+        self
+    }
+    /// The device address of a storage's first element.
+    fn buf(self, s: &CudaStorage) -> Self {
+        self.raw(&s.buffer)
+    }
+    /// The device address of a raw device buffer's first element (one not yet wrapped in a `CudaStorage`).
+    fn raw(self, buffer: &CpuStorage) -> Self {
+        self.val(raw_ptr(buffer))
+    }
+    fn null(self) -> Self {
+        self.val(std::ptr::null_mut::<c_void>())
+    }
+    /// Launch kernel `name` on `on`'s device with these parameters.
+    ///
+    /// # Safety
+    /// The parameters must be the kernel's, in order, and every buffer must cover what the kernel touches.
+    unsafe fn launch(mut self, on: &CudaStorage, name: &str, config: LaunchConfig) -> Result<()> {
+        let mut args: Vec<*mut c_void> = self.0.iter_mut().map(|b| (&mut **b as *mut dyn Any) as *mut c_void).collect();
+        // SAFETY: forwarded from the caller.
+        unsafe { on.target.launch(name, config, &mut args) }
+    }
+}
+
+/// The address of a buffer's first element, any dtype.
+fn raw_ptr(buffer: &CpuStorage) -> *mut c_void {
     match buffer {
-        CpuStorage::F32(v) => Ok(v.as_ptr() as *mut c_void),
-        CpuStorage::BF16(v) => Ok(v.as_ptr() as *mut c_void),
-        other => Err(Error::UnsupportedDType { op, dtype: other.dtype() }),
+        CpuStorage::F32(v) => v.as_ptr() as *mut c_void,
+        CpuStorage::F64(v) => v.as_ptr() as *mut c_void,
+        CpuStorage::BF16(v) => v.as_ptr() as *mut c_void,
+        CpuStorage::F16(v) => v.as_ptr() as *mut c_void,
+        CpuStorage::I32(v) => v.as_ptr() as *mut c_void,
+        CpuStorage::I64(v) => v.as_ptr() as *mut c_void,
+        CpuStorage::U8(v) => v.as_ptr() as *mut c_void,
     }
 }
 
@@ -172,10 +208,9 @@ impl CudaStorage {
     fn fill(&self, value: f32) -> Result<()> {
         let suffix = kernel_dtype("fill", self.dtype())?;
         let n = self.buffer.len();
-        let (mut out, mut n64, mut v) = (buffer_ptr("fill", &self.buffer)?, n as i64, value);
-        let mut args = [&mut out as *mut _ as *mut c_void, &mut n64 as *mut _ as *mut c_void, &mut v as *mut _ as *mut c_void];
+        let args = KernelArgs::default().buf(self).val(n as i64).val(value);
         // SAFETY: fill_{f32,bf16}(T* out, int64_t n, float value); `out` holds n elements.
-        unsafe { self.target.launch(&format!("fill_{suffix}"), grid_for(n), &mut args) }
+        unsafe { args.launch(self, &format!("fill_{suffix}"), grid_for(n)) }
     }
 
     /// A fresh contiguous copy of what `layout` selects, through the strided-copy kernel.
@@ -206,13 +241,12 @@ impl CudaStorage {
             return Ok(());
         }
         assert!(at + n <= out.len() && out.dtype() == self.dtype(), "copy_view_into: destination too small or of another dtype");
-        let mut src = buffer_ptr("copy_strided", &self.buffer)?;
         // SAFETY: `at + n <= out.len()` (asserted above), so the offset pointer stays inside `out`.
-        let mut dst = unsafe { (buffer_ptr("copy_strided", out)? as *mut u8).add(at * self.dtype().size_in_bytes()) } as *mut c_void;
-        let mut args = [&mut src as *mut _ as *mut c_void, &mut dst as *mut _ as *mut c_void, &mut shape as *mut _ as *mut c_void];
+        let dst = unsafe { (raw_ptr(out) as *mut u8).add(at * self.dtype().size_in_bytes()) } as *mut c_void;
+        let args = KernelArgs::default().buf(self).val(dst).val(shape);
         // SAFETY: copy_strided_T(const T* in, T* out, StridedShape s); the layout stays inside `self.buffer`
         // (a Tensor's layout never points past its storage) and `out` holds n elements from `at`.
-        unsafe { self.target.launch(&format!("copy_strided_{suffix}"), grid_for(n), &mut args) }
+        unsafe { args.launch(self, &format!("copy_strided_{suffix}"), grid_for(n)) }
     }
 
     /// The views `parts` joined end to end in one fresh buffer (`Tensor::cat`, which moves the joined dim first),
@@ -239,18 +273,9 @@ impl CudaStorage {
         if n == 0 {
             return Ok(self.with_buffer(out));
         }
-        let (mut src, mut dst) = (buffer_ptr("unary", &self.buffer)?, buffer_ptr("unary", &out)?);
-        let (mut n64, mut code, mut a, mut b) = (n as i64, op, a, b);
-        let mut args = [
-            &mut src as *mut _ as *mut c_void,
-            &mut dst as *mut _ as *mut c_void,
-            &mut n64 as *mut _ as *mut c_void,
-            &mut code as *mut _ as *mut c_void,
-            &mut a as *mut _ as *mut c_void,
-            &mut b as *mut _ as *mut c_void,
-        ];
+        let args = KernelArgs::default().buf(self).raw(&out).val(n as i64).val(op).val(a).val(b);
         // SAFETY: unary_T(const T* in, T* out, int64_t n, int op, float a, float b); both hold n elements.
-        unsafe { self.target.launch(&format!("unary_{suffix}"), grid_for(n), &mut args)? };
+        unsafe { args.launch(self, &format!("unary_{suffix}"), grid_for(n))? };
         Ok(self.with_buffer(out))
     }
 
@@ -263,10 +288,9 @@ impl CudaStorage {
         }
         let n = self.buffer.len();
         let out = CpuStorage::zeros(n, dtype);
-        let (mut src, mut dst, mut n64) = (buffer_ptr("to_dtype", &self.buffer)?, buffer_ptr("to_dtype", &out)?, n as i64);
-        let mut args = [&mut src as *mut _ as *mut c_void, &mut dst as *mut _ as *mut c_void, &mut n64 as *mut _ as *mut c_void];
+        let args = KernelArgs::default().buf(self).raw(&out).val(n as i64);
         // SAFETY: cast_From_To(const From* in, To* out, int64_t n); both buffers hold n elements.
-        unsafe { self.target.launch(&format!("cast_{from}_{to}"), grid_for(n), &mut args)? };
+        unsafe { args.launch(self, &format!("cast_{from}_{to}"), grid_for(n))? };
         Ok(self.with_buffer(out))
     }
 }
@@ -305,18 +329,11 @@ impl BackendStorage for CudaStorage {
         let moved = self.contiguous(&layout.permute(&order)?)?;
         let out = CpuStorage::zeros(rows, DType::F32);
         if rows > 0 {
-            let (mut src, mut dst, mut cols64, mut code) =
-                (buffer_ptr("reduce", &moved.buffer)?, buffer_ptr("reduce", &out)?, cols as i64, op_code);
-            let mut args = [
-                &mut src as *mut _ as *mut c_void,
-                &mut dst as *mut _ as *mut c_void,
-                &mut cols64 as *mut _ as *mut c_void,
-                &mut code as *mut _ as *mut c_void,
-            ];
+            let args = KernelArgs::default().buf(&moved).raw(&out).val(cols as i64).val(op_code);
             let config = LaunchConfig::linear(rows as u32, BLOCK_THREADS);
             // SAFETY: reduce_rows_T(const T* in, float* out, int64_t cols, int op); `moved` is contiguous
             // [rows, cols], `out` holds rows floats.
-            unsafe { self.target.launch(&format!("reduce_rows_{suffix}"), config, &mut args)? };
+            unsafe { args.launch(self, &format!("reduce_rows_{suffix}"), config)? };
         }
         self.with_buffer(out).cast(self.dtype())
     }
@@ -342,18 +359,10 @@ impl BackendStorage for CudaStorage {
         if n == 0 {
             return Ok(self.with_buffer(out));
         }
-        let (mut a, mut b, mut dst) = (buffer_ptr("binary", &lhs.buffer)?, buffer_ptr("binary", &rhs.buffer)?, buffer_ptr("binary", &out)?);
         // The kernel numbers BinaryOp's variants in declaration order.
-        let (mut n64, mut code) = (n as i64, op as i32);
-        let mut args = [
-            &mut a as *mut _ as *mut c_void,
-            &mut b as *mut _ as *mut c_void,
-            &mut dst as *mut _ as *mut c_void,
-            &mut n64 as *mut _ as *mut c_void,
-            &mut code as *mut _ as *mut c_void,
-        ];
+        let args = KernelArgs::default().buf(&lhs).buf(&rhs).raw(&out).val(n as i64).val(op as i32);
         // SAFETY: binary_T(const T* lhs, const T* rhs, T* out, int64_t n, int op); all three hold n elements.
-        unsafe { self.target.launch(&format!("binary_{suffix}"), grid_for(n), &mut args)? };
+        unsafe { args.launch(self, &format!("binary_{suffix}"), grid_for(n))? };
         Ok(self.with_buffer(out))
     }
     /// Both operands are gathered to contiguous `[batch, m, k]` / `[batch, k, n]` (or `[k, n]`) buffers (transposed and
@@ -375,19 +384,9 @@ impl BackendStorage for CudaStorage {
         if k == 0 {
             return Ok(self.with_buffer(out)); // empty sums: zeros, as the CPU backend returns
         }
-        let (mut pa, mut pb, mut pc) = (buffer_ptr("matmul", &a.buffer)?, buffer_ptr("matmul", &b.buffer)?, buffer_ptr("matmul", &out)?);
         // A rank-2 rhs (a weight) is shared by every product of the batch.
         let b_batch_stride = if rhs_layout.rank() == 2 { 0 } else { (k * n) as i64 };
-        let (mut m64, mut n64, mut k64, mut b_stride) = (m as i64, n as i64, k as i64, b_batch_stride);
-        let mut args = [
-            &mut pa as *mut _ as *mut c_void,
-            &mut pb as *mut _ as *mut c_void,
-            &mut pc as *mut _ as *mut c_void,
-            &mut m64 as *mut _ as *mut c_void,
-            &mut n64 as *mut _ as *mut c_void,
-            &mut k64 as *mut _ as *mut c_void,
-            &mut b_stride as *mut _ as *mut c_void,
-        ];
+        let args = KernelArgs::default().buf(&a).buf(&b).raw(&out).val(m as i64).val(n as i64).val(k as i64).val(b_batch_stride);
         let tiles = |x: usize| x.div_ceil(GEMM_TILE) as u32;
         let config = LaunchConfig {
             grid: [tiles(n), tiles(m), batch as u32],
@@ -396,7 +395,7 @@ impl BackendStorage for CudaStorage {
         };
         // SAFETY: gemm_tiled_T(const T* a, const T* b, T* c, int64_t m, int64_t n, int64_t k, int64_t
         // b_batch_stride); a holds batch*m*k, b batch*k*n (k*n when shared) and c batch*m*n elements.
-        unsafe { self.target.launch(&format!("gemm_tiled_{suffix}"), config, &mut args)? };
+        unsafe { args.launch(self, &format!("gemm_tiled_{suffix}"), config)? };
         Ok(self.with_buffer(out))
     }
     fn index_select(&self, layout: &Layout, ids: &Self, ids_layout: &Layout) -> Result<Self> {
@@ -451,12 +450,9 @@ impl CudaStorage {
         if n == 0 {
             return Ok(outs);
         }
-        let mut pointers = gathered.iter().chain(&outs).map(|s| buffer_ptr(op, &s.buffer)).collect::<Result<Vec<_>>>()?;
-        let mut n64 = n as i64;
-        let mut args: Vec<*mut c_void> = pointers.iter_mut().map(|p| p as *mut _ as *mut c_void).collect();
-        args.push(&mut n64 as *mut _ as *mut c_void);
+        let args = gathered.iter().chain(&outs).fold(KernelArgs::default(), KernelArgs::buf).val(n as i64);
         // SAFETY: the kernel takes the inputs, then the outputs, then n; every buffer holds n elements.
-        unsafe { first.target.launch(&format!("{kernel}_{suffix}"), grid_for(n), &mut args)? };
+        unsafe { args.launch(first, &format!("{kernel}_{suffix}"), grid_for(n))? };
         Ok(outs)
     }
 
@@ -487,29 +483,18 @@ impl CudaStorage {
             return Ok(());
         }
         let mut bad = vec![0i32; 1];
-        let (mut psrc, mut pids, mut pout, mut pbad) = (
-            buffer_ptr(op, src)?,
-            id_slice.as_ptr() as *mut c_void,
-            match out {
-                CpuStorage::F32(v) => v.as_ptr() as *mut c_void,
-                other => buffer_ptr(op, other)?,
-            },
-            bad.as_mut_ptr() as *mut c_void,
-        );
-        let (mut n64, mut rows64, mut cols64) = (n_ids as i64, rows as i64, cols as i64);
-        let mut args = [
-            &mut psrc as *mut _ as *mut c_void,
-            &mut pids as *mut _ as *mut c_void,
-            &mut pout as *mut _ as *mut c_void,
-            &mut n64 as *mut _ as *mut c_void,
-            &mut rows64 as *mut _ as *mut c_void,
-            &mut cols64 as *mut _ as *mut c_void,
-            &mut pbad as *mut _ as *mut c_void,
-        ];
+        let args = KernelArgs::default()
+            .raw(src)
+            .val(id_slice.as_ptr() as *mut c_void)
+            .raw(out)
+            .val(n_ids as i64)
+            .val(rows as i64)
+            .val(cols as i64)
+            .val(bad.as_mut_ptr() as *mut c_void);
         let config = LaunchConfig::linear(n_ids.min(MAX_BLOCKS) as u32, 128);
         // SAFETY: the embedding kernels' parameter lists (kernels/embedding.cu); src holds n_ids (backward) or
         // rows (forward) rows of `cols`, out the other, ids n_ids int64s, bad one int.
-        unsafe { self.target.launch(&format!("{kernel}_{suffix}"), config, &mut args)? };
+        unsafe { args.launch(self, &format!("{kernel}_{suffix}"), config)? };
         if bad[0] != 0 {
             // Error path only: read the ids back to name the first bad one, as the CPU backend does.
             let index = id_slice.iter().copied().find(|&i| i < 0 || i as usize >= rows).unwrap_or(-1);
