@@ -153,7 +153,7 @@ fn spills_and_local_memory(log: &str) -> Vec<String> {
         if let Some(name) = line.split("Function properties for ").nth(1) {
             function = name.trim().to_string();
         } else if let Some(name) = line.split("Compiling entry function '").nth(1) {
-            function = name.trim_end_matches(|c| c == '\'' || c == ' ').split('\'').next().unwrap_or("").to_string();
+            function = name.trim_end_matches(['\'', ' ']).split('\'').next().unwrap_or("").to_string();
         }
         let nonzero = |what: &str| {
             line.split(',').any(|part| {
